@@ -1,0 +1,1 @@
+"""fusion: multimodal fusion models (early, late, progressive), alignment, sync and compressed DDP."""
