@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.alignment.gather import all_gather_no_grad, all_gather_with_grad, local_row_offset
+from fusion.alignment.gather import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    is_distributed,
+    local_row_offset,
+)
 
 TOTAL_KEY = "contrastive_loss"
 
@@ -127,6 +132,4 @@ class ContrastiveLoss(nn.Module):
         return terms
 
     def _gathering(self) -> bool:
-        return self.gather and torch.distributed.is_available() and torch.distributed.is_initialized() and (
-            torch.distributed.get_world_size() > 1
-        )
+        return self.gather and is_distributed()

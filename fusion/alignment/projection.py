@@ -18,7 +18,9 @@ class ProjectionHead(nn.Module):
         dropout: dropout before the last linear layer (MLP only).
     """
 
-    def __init__(self, in_dim: int, embed_dim: int = 768, hidden_dim: int | None = None, dropout: float = 0.0):
+    def __init__(
+        self, in_dim: int, embed_dim: int = 768, hidden_dim: int | None = None, dropout: float = 0.0
+    ):
         super().__init__()
         if in_dim <= 0 or embed_dim <= 0:
             raise ValueError(f"in_dim ({in_dim}) and embed_dim ({embed_dim}) must be positive")

@@ -53,7 +53,9 @@ def worker(rank: int, world: int, port: int, local_loss: bool, out_dir: str) -> 
         gathered = all_gather_no_grad(torch.arange(ROWS_PER_RANK[rank]) + 100 * rank)
         x = torch.full((ROWS_PER_RANK[rank], 2), float(rank + 1), requires_grad=True)
         (all_gather_with_grad(x) * torch.arange(1.0, 11.0)[:, None]).sum().backward()
-        torch.save({"loss": value, "grads": grads, "gathered": gathered, "x_grad": x.grad}, f"{out_dir}/{rank}.pt")
+        torch.save(
+            {"loss": value, "grads": grads, "gathered": gathered, "x_grad": x.grad}, f"{out_dir}/{rank}.pt"
+        )
     finally:
         dist.destroy_process_group()
 
