@@ -1,0 +1,53 @@
+"""Loading of media files into tensors: images with PIL, audio with soundfile + torchaudio resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional as AF
+from PIL import Image, UnidentifiedImageError
+
+
+class MediaError(ValueError):
+    """A media file could not be decoded; the message names the file."""
+
+
+def load_image(path: str, channels: int) -> Image.Image:
+    """Decodes an image fully (so truncated files fail here) and converts it to L (1) or RGB (3) channels."""
+    if channels not in (1, 3):
+        raise ValueError(f"data.image_channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise MediaError(f"cannot decode image '{path}': {err}") from None
+
+
+def load_audio(path: str, sample_rate: int) -> torch.Tensor:
+    """Reads an audio file as mono float32 resampled to `sample_rate`.
+
+    Returns:
+        (L,) waveform.
+    """
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
+        raise MediaError(f"cannot decode audio '{path}': {err}") from None
+    if data.shape[0] == 0:
+        raise MediaError(f"audio '{path}' has no samples")
+    if not np.isfinite(data).all():
+        raise MediaError(f"audio '{path}' contains NaN or infinite samples")
+    wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # (L,)
+    if rate != sample_rate:
+        wave = AF.resample(wave, orig_freq=int(rate), new_freq=int(sample_rate))
+    return wave
+
+
+def fit_length(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """Centre-crops or right-pads a (L,) waveform to exactly `length` samples."""
+    if wave.numel() >= length:
+        start = (wave.numel() - length) // 2
+        return wave[start : start + length]
+    return torch.nn.functional.pad(wave, (0, length - wave.numel()))
