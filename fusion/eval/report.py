@@ -1,0 +1,105 @@
+"""report.json, report.md and pareto.png for an accuracy-vs-latency evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fusion.eval.pareto import pareto_front, plot_pareto
+
+
+def _si(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.2f} {prefix}{unit}".rstrip()
+    return f"{value:.0f} {unit}".rstrip()
+
+
+def mark_front(rows: list[dict]) -> None:
+    """Sets ``on_front`` on every row, per device (CPU and GPU latencies are not comparable)."""
+    for device in {row["device"] for row in rows}:
+        subset = [row for row in rows if row["device"] == device]
+        front = set(pareto_front([r["latency_p50_ms"] for r in subset], [r["acc"] for r in subset]))
+        for i, row in enumerate(subset):
+            row["on_front"] = i in front
+
+
+def _rows_table(rows: list[dict]) -> list[str]:
+    batch_sizes = sorted({int(bs) for row in rows for bs in row["throughput"]})
+    header = ["model", "fusion", "variant", "device", "accuracy", "macro-F1", "p50 / p95 / p99 latency (ms)"]
+    header += [f"throughput bs={bs} (samples/s)" for bs in batch_sizes]
+    header += ["params", "FLOPs / sample", "peak memory", "Pareto"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row["model"], row["fusion"], row["variant"], row["device"], f"{100 * row['acc']:.2f} %",
+            f"{100 * row['macro_f1']:.2f} %",
+            f"{row['latency_p50_ms']:.3f} / {row['latency_p95_ms']:.3f} / {row['latency_p99_ms']:.3f}",
+        ]
+        cells += [f"{row['throughput'][str(bs)]:.0f}" if str(bs) in row["throughput"] else "n/a" for bs in batch_sizes]
+        cells += [_si(row["params"]), _si(row["flops"]), _si(row["peak_memory_bytes"], "B"),
+                  "★" if row.get("on_front") else ""]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _robustness_table(robustness: dict[str, dict]) -> list[str]:
+    lines = ["| model | modality | acc with modality removed | acc vs noise level | relative robustness "
+             "| effective robustness (vs late) |", "|---|---|---|---|---|---|"]
+    for model, result in robustness.items():
+        for modality, curve in result["noise"].items():
+            levels = ", ".join(f"{lv:g}: {100 * acc:.1f}" for lv, acc in zip(curve["levels"], curve["acc"], strict=True))
+            effective = curve.get("effective_robustness")
+            lines.append(
+                f"| {model} | {modality} | {100 * result['removed'][modality]:.2f} % | {levels} "
+                f"| {100 * curve['relative_robustness']:.2f} | "
+                f"{'n/a' if effective is None else f'{100 * effective:+.2f}'} |"
+            )
+    return lines
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Writes ``report.json``, ``report.md`` and ``pareto.png`` into ``out_dir``.
+
+    Args:
+        report: ``{"machine": {...}, "settings": {...}, "rows": [...], "robustness": {...}, "skipped": {...}}``
+            where each row has ``model, fusion, variant, device, acc, macro_f1, latency_p50_ms,
+            latency_p95_ms, latency_p99_ms, throughput ({batch size: samples/s}), params, flops,
+            peak_memory_bytes``.
+        out_dir: Output folder (created).
+
+    Returns:
+        Paths of the written files keyed ``json``, ``md``, ``png``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = report["rows"]
+    if not rows:
+        raise ValueError("report has no rows")
+    mark_front(rows)
+    for row in rows:
+        row["label"] = f"{row['model']}/{row['variant']}" + ("" if row["device"] == "cpu" else f"@{row['device']}")
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "pareto.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+    machine = report.get("machine", {})
+    settings = report.get("settings", {})
+    md = ["# Accuracy vs latency", ""]
+    md += [f"- {key}: {value}" for key, value in machine.items()]
+    md += [f"- {key}: {value}" for key, value in settings.items()]
+    md += ["", "Latency is per sample at batch size 1 (after warm-up, device synchronised around each call); "
+           "FLOPs per sample at batch size 1 (torch.utils.flop_counter; int8 rows count the fp32 graph). "
+           "★ = on the accuracy/latency Pareto front of its device.", ""]
+    md += _rows_table(rows)
+    if report.get("robustness"):
+        md += ["", "## Robustness", "", "Accuracy (%) on the test split; noise level = noise std / signal std "
+               "(token replacement probability for text). Robustness scores are areas normalised to the level "
+               "span, in accuracy points.", ""]
+        md += _robustness_table(report["robustness"])
+    if report.get("skipped"):
+        md += ["", "## Not evaluated", ""] + [f"- {key}: {why}" for key, why in report["skipped"].items()]
+    paths["md"].write_text("\n".join(md) + "\n")
+    plot_pareto(rows, paths["png"], title=str(machine.get("cpu", "")))
+    return paths

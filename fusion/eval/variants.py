@@ -1,0 +1,95 @@
+"""Inference variants of one trained model: fp32, bf16 autocast, torch.compile, int8 dynamic quantization.
+
+Each variant is a callable ``variant(batch) -> logits`` plus the device it runs on; accuracy is measured for
+every variant by the caller, never assumed equal to the fp32 one.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+VARIANT_NAMES = ("fp32", "bf16", "compile", "int8")
+
+
+@dataclass
+class Variant:
+    """A ready-to-run form of a model.
+
+    Attributes:
+        name: One of ``VARIANT_NAMES``.
+        model: The module that is called (a quantized or compiled copy where applicable).
+        device: Where its inputs must live.
+        autocast_dtype: Dtype for ``torch.autocast`` around the call, or None.
+        eager: Whether ``model`` runs eagerly (dispatch-mode memory tracking and FLOP counting apply).
+    """
+
+    name: str
+    model: nn.Module
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    eager: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.model(batch)
+        with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
+            return self.model(batch).float()
+
+
+def int8_dynamic(model: nn.Module) -> nn.Module:
+    """CPU copy of ``model`` with Linear/LSTM/GRU weights quantized to int8 (activations quantized per call).
+
+    Uses ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, which this
+    project does not depend on).
+    """
+    from torch.ao.quantization import quantize_dynamic
+
+    cpu_copy = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(cpu_copy, {nn.Linear, nn.LSTM, nn.GRU}, dtype=torch.qint8)
+
+
+def build_variants(
+    model: nn.Module, device: torch.device | str, names: tuple[str, ...] | list[str] = VARIANT_NAMES
+) -> tuple[list[Variant], dict[str, str]]:
+    """Builds the requested variants that apply to ``device``.
+
+    Args:
+        model: Trained fp32 model, ``model(batch) -> (B, num_classes)`` logits.
+        device: ``cpu`` or ``cuda[:i]``. bf16 autocast is built on CUDA only and int8 on CPU only.
+        names: Subset of ``VARIANT_NAMES``.
+
+    Returns:
+        The variants, and ``{name: reason}`` for requested ones that were skipped.
+    """
+    device = torch.device(device)
+    unknown = sorted(set(names) - set(VARIANT_NAMES))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANT_NAMES)}")
+    model = model.to(device).eval()
+    variants: list[Variant] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name == "fp32":
+            variants.append(Variant("fp32", model, device))
+        elif name == "bf16":
+            if device.type != "cuda":
+                skipped[name] = "bf16 autocast is evaluated on CUDA only (CPU bf16 is emulated on most CPUs)"
+            else:
+                variants.append(Variant("bf16", model, device, autocast_dtype=torch.bfloat16))
+        elif name == "compile":
+            variants.append(Variant("compile", torch.compile(model), device, eager=False))
+        elif name == "int8":
+            if device.type != "cpu":
+                skipped[name] = "int8 dynamic quantization runs on CPU only"
+            else:
+                variants.append(Variant("int8", int8_dynamic(model), device))
+    return variants, skipped

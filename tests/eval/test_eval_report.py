@@ -1,0 +1,52 @@
+import json
+
+import matplotlib.image
+import pytest
+from eval_toy import toy_batches, trained_toy
+
+from fusion.eval.benchmark import evaluate_model, machine_info
+from fusion.eval.pareto import pareto_front
+from fusion.eval.report import write_report
+from fusion.eval.robustness import evaluate_robustness
+
+
+def test_pareto_front_matches_brute_force_example():
+    latencies = [1.0, 2.0, 3.0, 2.0, 0.5, 5.0]
+    accuracies = [0.90, 0.95, 0.94, 0.80, 0.70, 0.99]
+    assert pareto_front(latencies, accuracies) == [4, 0, 1, 5]
+    assert pareto_front([1.0, 1.0], [0.5, 0.5]) == [0, 1]  # ties dominate neither
+
+
+def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
+    model, batches = trained_toy(), toy_batches()
+    lines: list[str] = []
+    rows, skipped = evaluate_model("late", "late", model, batches, num_classes=3, variants=("fp32", "int8", "bf16"),
+                                   warmup=2, iters=10, throughput_batch_sizes=(4, 16), log=lines.append)
+    assert [r["variant"] for r in rows] == ["fp32", "int8"]
+    assert "late/bf16@cpu" in skipped
+    assert any("fp32 on cpu: p50" in line for line in lines)  # progress is printed per variant
+    fp32 = rows[0]
+    assert fp32["flops"] == 2 * (16 * 32 + 32 * 3 + 20 * 32 + 32 * 3)  # per sample, batch 1
+    assert fp32["num_test_samples"] == 24 and set(fp32["throughput"]) == {"4", "16"}
+    assert fp32["latency_p50_ms"] <= fp32["latency_p95_ms"] <= fp32["latency_p99_ms"]
+    assert rows[1]["acc"] == pytest.approx(fp32["acc"], abs=0.1)  # int8 measured, close to fp32
+
+    report = {"machine": machine_info(["cpu"]), "settings": {"threads": 1}, "rows": rows,
+              "robustness": {"late": evaluate_robustness(model, batches, "cpu", 3, levels=(0.0, 1.0))},
+              "skipped": skipped}
+    paths = write_report(report, tmp_path / "out")
+    parsed = json.loads(paths["json"].read_text())
+    assert [r["variant"] for r in parsed["rows"]] == ["fp32", "int8"]
+    assert parsed["rows"][0]["acc"] == fp32["acc"]
+    assert any(r["on_front"] for r in parsed["rows"])
+    md = paths["md"].read_text()
+    table = [line for line in md.splitlines() if line.startswith("| late |")]
+    assert len(table) == 2 + 2  # two variant rows, two robustness rows
+    assert f"{100 * fp32['acc']:.2f} %" in table[0]
+    image = matplotlib.image.imread(paths["png"])
+    assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_report_without_rows_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no rows"):
+        write_report({"rows": []}, tmp_path)
