@@ -1,0 +1,57 @@
+"""Safe checkpoint loading: tensors and plain containers only (weights_only=True), clear errors per file."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, truncated, or carries pickled code; the message names the file."""
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Loads a checkpoint with `weights_only=True` on the CPU.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, truncated/corrupt, or not weights-only.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint '{path}' was refused: it carries objects other than tensors and plain containers "
+            f"(pickled code is never executed). Details: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt and cannot be read ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint '{path}' does not hold a dict of weights")
+    return data
+
+
+def load_matching_weights(module: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Copies every weight of the checkpoint whose name and shape match `module` (fine-tuning / init_from).
+
+    Weights whose shape differs (e.g. a classifier head for another label set) keep their fresh init.
+
+    Returns:
+        {"loaded": [...], "skipped_shape": [...], "missing": [...]} parameter names.
+    """
+    state = load_checkpoint_file(path)
+    state = state.get("state_dict", state)
+    own = module.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape}
+    if not loaded:
+        raise CheckpointError(f"init_from '{path}': no weight matches this model by name and shape")
+    module.load_state_dict(loaded, strict=False)
+    return {"loaded": sorted(loaded),
+            "skipped_shape": sorted(k for k in state if k in own and k not in loaded),
+            "missing": sorted(k for k in own if k not in state)}

@@ -1,0 +1,49 @@
+"""What every fusion returns, and the shared base class that makes `forward` return logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FusionResult:
+    """Output of `Fusion.fuse`.
+
+    Attributes:
+        logits: (B, num_classes) fused prediction.
+        gate_weights: "<stage>/<modality>" -> (B,) gate weight of that modality (per stage, the weights of a
+            sample sum to 1 over its present modalities and are 0 for absent ones).
+        aux_loss: scalar regularisation (gate entropy / load balance), already weighted.
+        unimodal_logits: modality -> (B, num_classes) per-modality decisions, where the fusion has them.
+    """
+
+    logits: torch.Tensor
+    gate_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_loss: torch.Tensor | float = 0.0
+    unimodal_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Fusion(nn.Module):
+    """Base class: subclasses implement `fuse`; `forward(features, mask)` returns the fused logits (B, K)."""
+
+    def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
+        raise NotImplementedError
+
+    def forward(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.fuse(features, mask).logits
+
+
+def stack_mask(mask: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:
+    """Presence masks in `modalities` order: dict of (B,) -> (B, M) bool; rows with nothing present are an error."""
+    present = torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
+    if not bool(present.any(dim=1).all()):
+        raise ValueError("every sample needs at least one present modality; got a sample with none")
+    return present
+
+
+def named_weights(stage: str, modalities: list[str], weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, M) gate weights -> {"<stage>/<modality>": (B,)}."""
+    return {f"{stage}/{m}": weights[:, i] for i, m in enumerate(modalities)}

@@ -1,0 +1,88 @@
+"""Learnable modality gate: per-sample weights over the modalities present in each sample.
+
+The gate scores each modality from its (projected) features and the presence pattern, then applies a
+softmax restricted to the present modalities, so absent ones get exactly zero weight and the present ones
+are renormalised (nothing is zero-filled into the softmax). Optional regularisers: an entropy bonus that
+keeps the gate from collapsing early and a load-balance term (as in switch-style mixtures of experts).
+Modality dropout, used in training, removes present modalities at random while keeping at least one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusion.fusions.base import stack_mask
+
+
+class ModalityGate(nn.Module):
+    """Per-sample gate over modalities.
+
+    Args:
+        modality_dims: modality -> input feature size.
+        hidden_dim: width of the scoring network.
+        temperature: softmax temperature.
+        entropy_weight: weight of the (negative) mean gate entropy added to the loss.
+        balance_weight: weight of the load-balance loss M * sum_m mean_b(w_bm)^2.
+    """
+
+    def __init__(self, modality_dims: dict[str, int], hidden_dim: int = 64, temperature: float = 1.0,
+                 entropy_weight: float = 0.0, balance_weight: float = 0.0):
+        super().__init__()
+        self.modalities = sorted(modality_dims)
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden_dim)) for m, d in modality_dims.items()})
+        n = len(self.modalities)
+        self.scorer = nn.Sequential(nn.Linear(n * hidden_dim + n, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, n))
+        self.temperature = temperature
+        self.entropy_weight = entropy_weight
+        self.balance_weight = balance_weight
+
+    def forward(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns weights (B, M) in `self.modalities` order and the weighted regularisation loss (scalar)."""
+        present = stack_mask(mask, self.modalities)  # (B, M)
+        hidden = [self.proj[m](features[m]) * present[:, i : i + 1] for i, m in enumerate(self.modalities)]
+        scores = self.scorer(torch.cat(hidden + [present.to(hidden[0].dtype)], dim=1)) / self.temperature  # (B, M)
+        weights = masked_softmax(scores, present)  # (B, M)
+        return weights, self.regulariser(weights, present)
+
+    def regulariser(self, weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        loss = weights.new_zeros(())
+        if self.entropy_weight:
+            entropy = -(weights * torch.log(weights.clamp_min(1e-9))).sum(dim=1)  # (B,)
+            loss = loss - self.entropy_weight * entropy.mean()
+        if self.balance_weight:
+            share = weights.sum(0) / present.sum(0).clamp_min(1)  # (M,) mean weight where present
+            loss = loss + self.balance_weight * len(self.modalities) * (share**2).sum()
+        return loss
+
+
+def masked_softmax(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 1 restricted to `present` entries; absent entries are exactly 0. (B, M) -> (B, M)."""
+    scores = scores.masked_fill(~present, float("-inf"))
+    return torch.softmax(scores, dim=1).masked_fill(~present, 0.0)
+
+
+def modality_dropout(mask: dict[str, torch.Tensor], p: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Drops each present modality with probability `p`, never all of a sample's modalities.
+
+    Args:
+        mask: modality -> (B,) bool presence.
+        p: drop probability per present modality.
+
+    Returns:
+        A new mask dict; samples whose every modality was drawn for dropping keep one present modality.
+    """
+    if p <= 0:
+        return mask
+    modalities = sorted(mask)
+    present = torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
+    drop = torch.rand(present.shape, generator=generator, device=present.device if generator is None else "cpu").to(present.device) < p
+    kept = present & ~drop  # (B, M)
+    lost = ~kept.any(dim=1) & present.any(dim=1)  # (B,)
+    if bool(lost.any()):
+        # keep one random originally-present modality for samples that lost all of them
+        noise = torch.rand(present.shape, generator=generator, device=present.device if generator is None else "cpu").to(present.device)
+        choice = (noise * present).argmax(dim=1)  # (B,)
+        rescue = torch.nn.functional.one_hot(choice, len(modalities)).bool() & lost[:, None]
+        kept = kept | rescue
+    return {m: kept[:, i] for i, m in enumerate(modalities)}

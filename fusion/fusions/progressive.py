@@ -1,0 +1,74 @@
+"""Progressive fusion (Shankar et al. 2022, "Progressive Fusion for Multimodal Integration").
+
+Fusion happens at several depths: modality features are projected (early), then at every stage a gate pools
+the modality streams into a fused state that is fed back into each stream before its next block (the
+paper's backward connections), and finally the streams' decisions and the fused decision are combined by a
+decision-level gate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusion.fusions.base import Fusion, FusionResult, named_weights, stack_mask
+from fusion.fusions.gating import ModalityGate
+from fusion.fusions.late import confidence_features
+
+FUSED = "~fused"  # name of the fused decision among the decision gate's inputs (sorts after modalities)
+
+
+class ProgressiveFusion(Fusion):
+    """Gated multi-stage fusion with feedback of the fused state into the modality streams.
+
+    Args:
+        modality_dims: modality -> pooled feature size.
+        num_classes: output classes.
+        hidden_dim: width of every stream and of the fused state.
+        num_stages: fusion stages (each: gate -> fused state -> feedback -> stream block).
+        dropout: dropout inside stream blocks.
+        gate: keyword arguments of every ModalityGate.
+    """
+
+    def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, num_stages: int = 2,
+                 dropout: float = 0.1, gate: dict | None = None):
+        super().__init__()
+        gate = gate or {}
+        self.modalities = sorted(modality_dims)
+        h = hidden_dim
+        self.inputs = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, h), nn.LayerNorm(h), nn.GELU()) for m, d in modality_dims.items()})
+        self.stage_gates = nn.ModuleList(ModalityGate({m: h for m in self.modalities}, **gate) for _ in range(num_stages))
+        self.fusers = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h)) for _ in range(num_stages))
+        self.feedback = nn.ModuleList(nn.ModuleDict({m: nn.Linear(h, h) for m in self.modalities}) for _ in range(num_stages))
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * h, h))
+                           for m in self.modalities})
+            for _ in range(num_stages))
+        self.heads = nn.ModuleDict({m: nn.Linear(h, num_classes) for m in self.modalities})
+        self.fused_head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, num_classes))
+        self.decision_gate = ModalityGate({m: h + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
+
+    def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
+        present = stack_mask(mask, self.modalities)  # (B, M)
+        streams = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
+        fused = None
+        gate_weights, reg = {}, present.new_zeros((), dtype=streams[self.modalities[0]].dtype)
+        for s in range(len(self.blocks)):
+            weights, stage_reg = self.stage_gates[s](streams, mask)  # (B, M)
+            pooled = sum(weights[:, i : i + 1] * streams[m] for i, m in enumerate(self.modalities))  # (B, H)
+            update = self.fusers[s](pooled)  # (B, H)
+            fused = update if fused is None else fused + update
+            streams = {m: streams[m] + self.blocks[s][m](streams[m] + self.feedback[s][m](fused)) for m in self.modalities}
+            gate_weights.update(named_weights(f"stage{s + 1}", self.modalities, weights))
+            reg = reg + stage_reg
+        decisions = {m: self.heads[m](streams[m]) for m in self.modalities}  # m -> (B, K)
+        decisions[FUSED] = self.fused_head(fused)  # (B, K)
+        gate_in = {m: torch.cat([streams[m] if m != FUSED else fused, confidence_features(decisions[m])], dim=1) for m in decisions}
+        decision_mask = {**mask, FUSED: torch.ones_like(mask[self.modalities[0]], dtype=torch.bool)}
+        weights, decision_reg = self.decision_gate(gate_in, decision_mask)  # (B, M + 1)
+        names = self.decision_gate.modalities
+        logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in names], dim=1)  # (B, M + 1, K)
+        logits = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
+        gate_weights.update(named_weights("decision", [n.replace(FUSED, "fused") for n in names], weights))
+        unimodal = {m: decisions[m] for m in self.modalities}
+        return FusionResult(logits, gate_weights, reg + decision_reg, unimodal)

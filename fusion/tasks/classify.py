@@ -1,0 +1,101 @@
+"""LightningModule for multimodal classification: a thin wrapper around FusionModel."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from hydra.utils import instantiate
+
+from fusion.model import FusionModel
+
+
+def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0) -> FusionModel:
+    """Instantiates the encoders of the data's modalities and a fusion over their output sizes."""
+    missing = [m for m in data_spec["modalities"] if m not in encoders]
+    if missing:
+        raise ValueError(f"model.encoders has no config for modality {missing} present in the data")
+    built = {m: instantiate(encoders[m]) for m in data_spec["modalities"]}
+    fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
+                                num_classes=data_spec["num_classes"])
+    return FusionModel(built, fusion_module, modality_dropout)
+
+
+class ClassificationTask(L.LightningModule):
+    """Trains a FusionModel with cross-entropy on the fused logits plus auxiliary per-modality losses.
+
+    Args:
+        data_spec: {"modalities", "num_classes", "classes"} from the datamodule.
+        encoders: modality -> encoder config (`_target_` + arguments).
+        fusion: fusion config (`_target_` + arguments; modality_dims and num_classes are filled in).
+        modality_dropout: probability of hiding a present modality in training.
+        unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
+    """
+
+    def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
+                 unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 warmup_epochs: float = 0.5):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
+        k = data_spec["num_classes"]
+        metrics = torchmetrics.MetricCollection({
+            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
+            "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
+        })
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(batch)
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        result = self.model.forward_with_details(batch)
+        labels = batch["label"]
+        loss = F.cross_entropy(result.logits, labels)
+        unimodal_terms = []
+        for m, logits in result.unimodal_logits.items():
+            present = batch["mask"][m]
+            if bool(present.any()):
+                unimodal_terms.append(F.cross_entropy(logits[present], labels[present]))
+        total = loss + result.aux_loss
+        if unimodal_terms and self.hparams.unimodal_loss_weight:
+            total = total + self.hparams.unimodal_loss_weight * torch.stack(unimodal_terms).mean()
+        batch_size = labels.shape[0]
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(result.logits.detach(), labels)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
+        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for name, weights in result.gate_weights.items():
+            modality = name.split("/")[-1]
+            present = batch["mask"][modality] if modality in batch["mask"] else torch.ones_like(labels, dtype=torch.bool)
+            if bool(present.any()):
+                self.log(f"{stage}/gate/{name}", weights.detach()[present].mean(), on_step=False, on_epoch=True,
+                         batch_size=int(present.sum()))
+        return total
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total - 1, int(self.hparams.warmup_epochs * steps_per_epoch))
+        schedule = torch.optim.lr_scheduler.SequentialLR(
+            optimizer,
+            [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=max(1, warmup)),
+             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))],
+            milestones=[max(1, warmup)])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,78 @@
+"""train(cfg): the whole training run behind `python train.py recipe=...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fusion.checkpoints import load_matching_weights
+
+
+def build_strategy(cfg: DictConfig):
+    """The Trainer strategy: the user's choice, wrapped with a gradient-compression hook if comm_hook is set."""
+    strategy = cfg.trainer.get("strategy", "auto")
+    if str(cfg.get("comm_hook", "none")) == "none":
+        return strategy
+    from fusion.distributed.strategy import build_strategy as build_hooked_strategy
+
+    return build_hooked_strategy(str(cfg.comm_hook), OmegaConf.to_container(cfg.get("comm_hook_args") or {}), strategy)
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
+                           save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    callbacks = [best]
+    if cfg.get("checkpoint_every_n_steps"):
+        callbacks.append(ModelCheckpoint(dirpath=run_dir, filename="step", save_top_k=1, save_last=True,
+                                         every_n_train_steps=int(cfg.checkpoint_every_n_steps)))
+    return callbacks
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Validates the data, builds the task, fits, tests the best checkpoint and writes the run folder.
+
+    Returns:
+        Flat test metrics, e.g. {"test/acc": 0.97, "test/f1": 0.97}.
+    """
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare(run_dir)
+    task = instantiate(cfg.model, data_spec=datamodule.spec, _recursive_=False, _convert_="all")
+    if cfg.get("init_from"):
+        report = load_matching_weights(task, cfg.init_from)
+        print(f"[init_from] loaded {len(report['loaded'])} tensors from {cfg.init_from}; "
+              f"re-initialised {len(report['skipped_shape'])} with other shapes, {len(report['missing'])} not in it")
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)},
+                        default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
+                        logger=CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    if trainer.is_global_zero:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
+    metrics["fit_seconds"] = round(fit_seconds, 2)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+    return metrics
