@@ -1,0 +1,273 @@
+"""Linear-chain conditional random field, vectorised over the batch.
+
+Lafferty et al., "Conditional Random Fields", ICML 2001. Sequences are batch-first, ``emissions`` has shape
+(B, T, K) and ``mask`` (B, T) is right-padded with the first step always on.
+
+The log-partition uses a scaled forward algorithm in probability space (one (B, K) @ (K, K) matmul per
+step, Rabiner 1989 section V.A) with a hand-written backward pass (forward-backward marginals), so no autograd
+graph is built over the time loop. If the scaled recursion under- or overflows (extreme scores), it falls back
+to the plain log-space recursion. Viterbi decoding backtracks with ``gather`` for the whole batch at once.
+"""
+
+import torch
+from torch import Tensor, nn
+
+
+def band_transitions(num_tags: int, max_jump: int) -> Tensor:
+    """Allowed-transition matrix permitting moves of at most ``max_jump`` tags per step.
+
+    Returns:
+        BoolTensor (K, K), ``allowed[i, j]`` true when tag i may be followed by tag j.
+    """
+    idx = torch.arange(num_tags)
+    return (idx[:, None] - idx[None, :]).abs() <= max_jump
+
+
+def _check_inputs(emissions: Tensor, mask: Tensor | None, num_tags: int) -> Tensor:
+    if emissions.dim() != 3 or emissions.shape[-1] != num_tags:
+        raise ValueError(f"emissions must have shape (B, T, {num_tags}), got {tuple(emissions.shape)}")
+    batch, steps, _ = emissions.shape
+    if steps == 0:
+        raise ValueError("emissions must have at least one time step")
+    if mask is None:
+        return torch.ones(batch, steps, dtype=torch.bool, device=emissions.device)
+    if mask.shape != (batch, steps):
+        raise ValueError(f"mask must have shape {(batch, steps)}, got {tuple(mask.shape)}")
+    mask = mask.bool()
+    if not bool(mask[:, 0].all()):
+        raise ValueError("mask: the first time step of every sequence must be on")
+    if steps > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        raise ValueError("mask must be right-padded (no on-step after an off-step)")
+    return mask
+
+
+class _ScaledLogPartition(torch.autograd.Function):
+    """log Z via the scaled forward algorithm; gradients are the forward-backward marginals.
+
+    Works time-major, (T, B, K), so every per-step tensor is contiguous and written in place.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions: Tensor, start: Tensor, trans: Tensor, end: Tensor, mask: Tensor) -> Tensor:
+        batch, steps, _ = emissions.shape
+        lengths = mask.sum(1)  # (B,)
+        emit_max = emissions.amax(-1, keepdim=True)  # (B, T, 1)
+        emit_exp = torch.exp(emissions - emit_max).transpose(0, 1).contiguous()  # (T, B, K)
+        trans_max = trans.max()
+        trans_exp = torch.exp(trans - trans_max)  # (K, K)
+        start_max, end_max = start.max(), end.max()
+        end_exp = torch.exp(end - end_max)  # (K,)
+
+        probs = torch.empty_like(emit_exp)  # (T, B, K) normalised forward variables
+        scales = torch.empty(steps, batch, 1, dtype=emissions.dtype, device=emissions.device)  # (T, B, 1)
+        torch.mul(emit_exp[0], torch.exp(start - start_max), out=probs[0])
+        torch.sum(probs[0], -1, keepdim=True, out=scales[0])
+        probs[0].div_(scales[0])
+        for t in range(1, steps):
+            torch.mm(probs[t - 1], trans_exp, out=probs[t])
+            probs[t].mul_(emit_exp[t])
+            torch.sum(probs[t], -1, keepdim=True, out=scales[t])
+            probs[t].div_(scales[t])
+
+        valid = mask.to(emissions.dtype)  # (B, T)
+        last = (lengths - 1)[None, :, None].expand(1, batch, probs.shape[-1])  # (1, B, K)
+        alpha_last = probs.gather(0, last).squeeze(0)  # (B, K)
+        final = (alpha_last * end_exp).sum(-1)  # (B,)
+        log_z = (
+            ((scales.squeeze(-1).t().log() + emit_max.squeeze(-1)) * valid).sum(1)
+            + final.log()
+            + start_max
+            + end_max
+            + trans_max * (lengths - 1).to(emissions.dtype)
+        )
+        ctx.save_for_backward(probs, emit_exp, trans_exp, end_exp, mask, lengths)
+        return log_z
+
+    @staticmethod
+    def backward(ctx, grad_log_z: Tensor):
+        probs, emit_exp, trans_exp, end_exp, mask, lengths = ctx.saved_tensors
+        steps, batch, num_tags = probs.shape
+        # Normalised backward variables; beta_t = end_exp for t >= length - 1.
+        betas = torch.empty_like(probs)  # (T, B, K)
+        on_or_after_last = (torch.arange(steps, device=probs.device)[:, None] >= (lengths - 1)[None, :])[:, :, None]
+        end_full = end_exp.expand(batch, num_tags)  # (B, K)
+        betas[steps - 1] = end_full
+        trans_exp_t = trans_exp.t().contiguous()
+        norm = torch.empty(batch, 1, dtype=probs.dtype, device=probs.device)
+        for t in range(steps - 2, -1, -1):
+            nxt = torch.mm(betas[t + 1] * emit_exp[t + 1], trans_exp_t)  # (B, K)
+            nxt.div_(torch.sum(nxt, -1, keepdim=True, out=norm))
+            torch.where(on_or_after_last[t], end_full, nxt, out=betas[t])
+
+        valid = mask.t().to(probs.dtype)[:, :, None]  # (T, B, 1)
+        unary = probs * betas  # (T, B, K)
+        unary = unary / unary.sum(-1, keepdim=True) * valid  # marginals P(y_t = k)
+        grad = grad_log_z[None, :, None]  # (1, B, 1)
+        grad_emissions = (unary * grad).transpose(0, 1)  # (B, T, K)
+        grad_start = (unary[0] * grad[0]).sum(0)
+        last = (lengths - 1)[None, :, None].expand(1, batch, num_tags)
+        grad_end = (unary.gather(0, last).squeeze(0) * grad[0]).sum(0)
+
+        if steps > 1:
+            left = probs[:-1]  # (T-1, B, K)   alpha_{t-1}
+            right = emit_exp[1:] * betas[1:]  # (T-1, B, K)
+            pair_norm = (torch.matmul(left, trans_exp) * right).sum(-1, keepdim=True)  # (T-1, B, 1)
+            weight = valid[1:] * grad / pair_norm
+            grad_trans = torch.einsum("tbi,tbj->ij", left * weight, right) * trans_exp
+        else:
+            grad_trans = torch.zeros_like(trans_exp)
+        return grad_emissions, grad_start, grad_trans, grad_end, None
+
+
+class LinearChainCRF(nn.Module):
+    """Linear-chain CRF over K tags with learned start, end and transition scores.
+
+    Args:
+        num_tags: number of tags K.
+        allowed_transitions: optional BoolTensor (K, K); ``False`` forbids tag i -> tag j.
+        init_std: standard deviation of the initial (uniform-like) transition scores.
+    """
+
+    def __init__(self, num_tags: int, allowed_transitions: Tensor | None = None, init_std: float = 0.1) -> None:
+        super().__init__()
+        if num_tags < 1:
+            raise ValueError(f"num_tags must be positive, got {num_tags}")
+        self.num_tags = num_tags
+        self.start_transitions = nn.Parameter(torch.empty(num_tags).uniform_(-init_std, init_std))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags).uniform_(-init_std, init_std))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags).uniform_(-init_std, init_std))
+        if allowed_transitions is None:
+            allowed_transitions = torch.ones(num_tags, num_tags, dtype=torch.bool)
+        allowed_transitions = torch.as_tensor(allowed_transitions, dtype=torch.bool)
+        if allowed_transitions.shape != (num_tags, num_tags):
+            raise ValueError(
+                f"allowed_transitions must have shape {(num_tags, num_tags)}, got {tuple(allowed_transitions.shape)}"
+            )
+        if not bool(allowed_transitions.any(0).all()):
+            raise ValueError("allowed_transitions: every tag needs at least one allowed predecessor")
+        self.register_buffer("allowed_transitions", allowed_transitions)
+
+    def effective_transitions(self) -> Tensor:
+        """Transition scores (K, K) with forbidden moves set to -inf."""
+        return self.transitions.masked_fill(~self.allowed_transitions, float("-inf"))
+
+    def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log Z for each sequence.
+
+        Args:
+            emissions: (B, T, K) unary scores.
+            mask: (B, T) bool, right-padded; None means all steps on.
+
+        Returns:
+            (B,) log partition function.
+        """
+        mask = _check_inputs(emissions, mask, self.num_tags)
+        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
+        trans = self.effective_transitions().float()
+        start, end = self.start_transitions.float(), self.end_transitions.float()
+        log_z = _ScaledLogPartition.apply(emissions, start, trans, end, mask)
+        if not bool(torch.isfinite(log_z).all()):
+            log_z = self._log_partition_logspace(emissions, mask)
+        return log_z
+
+    def _log_partition_logspace(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """Reference forward algorithm in log space (slow, numerically robust)."""
+        trans = self.effective_transitions().float()
+        alpha = self.start_transitions.float() + emissions[:, 0]  # (B, K)
+        for t in range(1, emissions.shape[1]):
+            step = torch.logsumexp(alpha[:, :, None] + trans[None], dim=1) + emissions[:, t]  # (B, K)
+            alpha = torch.where(mask[:, t, None], step, alpha)
+        return torch.logsumexp(alpha + self.end_transitions.float(), dim=-1)
+
+    def score(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Unnormalised score of the given tag paths.
+
+        Args:
+            emissions: (B, T, K).
+            tags: (B, T) LongTensor; values at padded steps are ignored.
+            mask: (B, T) bool.
+
+        Returns:
+            (B,) path scores.
+        """
+        mask = _check_inputs(emissions, mask, self.num_tags)
+        if tags.shape != mask.shape:
+            raise ValueError(f"tags must have shape {tuple(mask.shape)}, got {tuple(tags.shape)}")
+        tags = tags.long().masked_fill(~mask, 0)
+        if bool(((tags < 0) | (tags >= self.num_tags)).any()):
+            raise ValueError(f"tags must lie in [0, {self.num_tags}) at unmasked steps")
+        valid = mask.float()
+        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
+        unary = (emissions.gather(2, tags[:, :, None]).squeeze(2) * valid).sum(1)  # (B,)
+        trans = self.effective_transitions().float()
+        pair = trans[tags[:, :-1], tags[:, 1:]]  # (B, T-1)
+        pair = torch.where(mask[:, 1:], pair, torch.zeros_like(pair)).sum(1)
+        last_tag = tags.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)  # (B,)
+        return self.start_transitions[tags[:, 0]] + unary + pair + self.end_transitions[last_tag]
+
+    def log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log p(tags | emissions) for each sequence, shape (B,)."""
+        return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
+
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
+        """Negative log-likelihood of ``tags``.
+
+        Args:
+            emissions: (B, T, K).
+            tags: (B, T).
+            mask: (B, T) bool, right-padded.
+            reduction: ``"none"`` (B,), ``"sum"``, ``"mean"`` (over sequences) or ``"token_mean"``.
+        """
+        nll = -self.log_likelihood(emissions, tags, mask)  # (B,)
+        if reduction == "none":
+            return nll
+        if reduction == "sum":
+            return nll.sum()
+        if reduction == "mean":
+            return nll.mean()
+        if reduction == "token_mean":
+            steps = mask.sum() if mask is not None else tags.numel()
+            return nll.sum() / steps
+        raise ValueError(f"reduction must be none|sum|mean|token_mean, got {reduction!r}")
+
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, mask: Tensor | None = None, pad_value: int = -1) -> tuple[Tensor, Tensor]:
+        """Viterbi decoding for the whole batch.
+
+        Args:
+            emissions: (B, T, K).
+            mask: (B, T) bool, right-padded.
+            pad_value: value written at padded steps of the returned paths.
+
+        Returns:
+            paths: (B, T) LongTensor of best tags, ``pad_value`` after each sequence's end.
+            lengths: (B,) LongTensor of sequence lengths.
+        """
+        mask = _check_inputs(emissions, mask, self.num_tags)
+        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
+        batch, steps, num_tags = emissions.shape
+        trans = self.effective_transitions().float()
+        lengths = mask.sum(1)
+
+        # Forward max-sum pass, tag-major (T, K, B): the max over the previous tag runs over the outermost
+        # dimension, which is vectorised; backpointers are recovered only along the chosen path.
+        emissions_tm = emissions.permute(1, 2, 0).contiguous()  # (T, K, B)
+        trans_ij = trans[:, :, None]  # (K_prev, K_next, 1)
+        score = emissions_tm[0] + self.start_transitions.float()[:, None]  # (K, B)
+        history = [score]
+        for t in range(1, steps):
+            score = torch.amax(score[:, None, :] + trans_ij, 0).add_(emissions_tm[t])  # (K, B)
+            history.append(score)
+        scores = torch.stack(history).permute(0, 2, 1)  # (T, B, K) best score of a path ending in each tag
+        final = scores.gather(0, (lengths - 1)[None, :, None].expand(1, batch, num_tags)).squeeze(0)  # (B, K)
+        current = (final + self.end_transitions.float()).argmax(-1, keepdim=True)  # (B, 1)
+        trans_into = trans.t().contiguous()  # (K_next, K_prev)
+        inside = mask.t()[:, :, None]  # (T, B, 1)
+        path = [current]
+        for t in range(steps - 1, 0, -1):
+            previous = (scores[t - 1] + trans_into[current.squeeze(1)]).argmax(-1, keepdim=True)  # (B, 1)
+            # Before a sequence's last step is reached, keep its final tag (padded steps are masked below).
+            current = torch.where(inside[t], previous, current)
+            path.append(current)
+        paths = torch.cat(path[::-1], dim=1)  # (B, T)
+        return paths.masked_fill(~mask, pad_value), lengths
