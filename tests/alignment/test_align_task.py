@@ -160,3 +160,26 @@ def test_pretrained_text_tower_from_local_directory(monkeypatch):
         nn.ModuleDict({"text": ProjectionHead(384), "audio": ProjectionHead(8)}),
     )
     assert tower.embed_modality("text", tokens).shape == (3, 768)
+
+
+def test_aligned_towers_seed_a_fusion_classifier(tiny_datamodule, tmp_path):
+    """init_from: every encoder tensor of an alignment checkpoint lands in the progressive classifier."""
+    from fusion.checkpoints import load_matching_weights
+    from fusion.tasks.align import AlignmentTask
+    from fusion.tasks.classify import ClassificationTask
+
+    spec = tiny_datamodule.spec
+    torch.manual_seed(0)
+    aligned = AlignmentTask(spec, TINY_ENCODERS, embed_dim=768)
+    path = tmp_path / "aligned.ckpt"
+    torch.save({"state_dict": aligned.state_dict()}, path)
+    torch.manual_seed(1)
+    fusion = {"_target_": "fusion.fusions.progressive.ProgressiveFusion", "hidden_dim": 16, "num_stages": 1}
+    classifier = ClassificationTask(spec, TINY_ENCODERS, fusion)
+    encoder_keys = {k for k in aligned.state_dict() if k.startswith("model.encoders.")}
+    assert encoder_keys and encoder_keys <= set(classifier.state_dict())
+    report = load_matching_weights(classifier, path)
+    assert set(report["loaded"]) == encoder_keys
+    mine, theirs = classifier.state_dict(), aligned.state_dict()
+    for key in encoder_keys:
+        torch.testing.assert_close(mine[key], theirs[key], msg=key)
