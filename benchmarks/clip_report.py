@@ -1,0 +1,60 @@
+"""Markdown tables of an alignment run's metrics.json: retrieval per direction, cosines, zero-shot.
+
+    python benchmarks/clip_report.py checkpoints/clip/builtin [--baseline checkpoints/late/audio_only]
+
+With ``--baseline`` (a classification run folder), its ``test/acc`` is printed next to the class-level
+R@1 of every direction, e.g. to compare audio->image retrieval with a supervised audio-only classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load_metrics(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.json in '{run_dir}'")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path, help="run folder of recipe=clip")
+    parser.add_argument("--baseline", type=Path, default=None, help="classification run folder (test/acc)")
+    args = parser.parse_args()
+    m = load_metrics(args.run)
+    directions = sorted(
+        {k[len("test/") :].split("/")[0] for k in m if "_to_" in k and not k.startswith("test/mean")}
+    )
+    print("| direction | R@1 | R@5 | R@10 | median rank | class R@1 | class R@5 | class median rank |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in directions:
+        v = {key.split("/")[-1]: value for key, value in m.items() if key.startswith(f"test/{d}/")}
+        print(
+            f"| {d.replace('_to_', ' → ')} | {v['R@1']:.3f} | {v['R@5']:.3f} | {v['R@10']:.3f} | "
+            f"{v['median_rank']:.0f} | {v['class_R@1']:.3f} | {v['class_R@5']:.3f} | {v['class_median_rank']:.0f} |"
+        )
+    pairs = sorted({k[len("test/") :].split("/")[0] for k in m if k.endswith("/matched_cos")})
+    print("\n| pair | matched cosine | unmatched cosine |\n|---|---|---|")
+    for p in pairs:
+        print(
+            f"| {p.replace('_', '–')} | {m[f'test/{p}/matched_cos']:.3f} | {m[f'test/{p}/unmatched_cos']:.3f} |"
+        )
+    zero_shot = sorted(k for k in m if "zero_shot" in k)
+    if zero_shot:
+        print("\n| zero-shot | accuracy |\n|---|---|")
+        for k in zero_shot:
+            print(f"| {k[len('test/') :]} | {m[k]:.3f} |")
+    if args.baseline is not None:
+        base = load_metrics(args.baseline)
+        print(f"\nsupervised baseline ({args.baseline}): test/acc = {base['test/acc']:.3f}")
+    print(f"\nfit_seconds: {m.get('fit_seconds')}")
+
+
+if __name__ == "__main__":
+    main()
