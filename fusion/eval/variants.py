@@ -47,14 +47,20 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     """CPU copy of ``model`` with Linear/LSTM/GRU weights quantized to int8 (activations quantized per call).
 
     Uses ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, which this
-    project does not depend on).
+    project does not depend on). Layers inside ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` stay
+    fp32: those modules read their Linear weights directly, which quantized layers do not expose.
     """
     from torch.ao.quantization import quantize_dynamic
 
     cpu_copy = copy.deepcopy(model).cpu().eval()
+    keep_fp32 = [name for name, module in cpu_copy.named_modules()
+                 if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer | nn.MultiheadAttention)]
+    names = {name for name, module in cpu_copy.named_modules()
+             if isinstance(module, nn.Linear | nn.LSTM | nn.GRU)
+             and not any(name.startswith(prefix + ".") for prefix in keep_fp32)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return quantize_dynamic(cpu_copy, {nn.Linear, nn.LSTM, nn.GRU}, dtype=torch.qint8)
+        return quantize_dynamic(cpu_copy, names, dtype=torch.qint8)
 
 
 def build_variants(

@@ -1,0 +1,143 @@
+"""Loading a trained run folder (config.yaml + best.ckpt/last.ckpt) for evaluation.
+
+Weights are read with ``torch.load(weights_only=True)`` and the task is rebuilt from the checkpoint's
+``hyper_parameters`` (plain dicts), so no pickled code runs. Configs are read with plain ``yaml``; nested
+``_target_`` configs are built with Hydra's ``instantiate`` when it is installed, else with a small
+equivalent, so evaluating a run needs no Hydra config tree.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
+
+
+def locate(target: str) -> type:
+    """Imports ``package.module.Name``."""
+    module_name, _, attribute = target.rpartition(".")
+    if not module_name:
+        raise ValueError(f"_target_ '{target}' is not a dotted path")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"cannot import _target_ '{target}': {err}") from err
+
+
+def instantiate(config: dict, **kwargs: object) -> object:
+    """Builds ``config['_target_'](**config, **kwargs)``, nested ``_target_`` dicts first (like Hydra's)."""
+    try:
+        from hydra.utils import instantiate as hydra_instantiate
+    except ImportError:
+        hydra_instantiate = None
+    if hydra_instantiate is not None:
+        return hydra_instantiate(config, **kwargs, _convert_="all")
+
+    def build(value: object) -> object:
+        if isinstance(value, dict):
+            built = {key: build(item) for key, item in value.items() if key != "_target_"}
+            return locate(value["_target_"])(**built) if "_target_" in value else built
+        if isinstance(value, list):
+            return [build(item) for item in value]
+        return value
+
+    arguments = {key: build(item) for key, item in config.items() if key != "_target_"}
+    return locate(config["_target_"])(**arguments, **kwargs)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint file)`` for a run folder (best.ckpt, else last.ckpt) or a .ckpt file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path, path / name
+        raise FileNotFoundError(f"run folder '{path}' has neither {' nor '.join(CHECKPOINT_NAMES)}")
+    if path.is_file():
+        return path.parent, path
+    raise FileNotFoundError(f"ckpt '{path}' is neither a run folder nor a checkpoint file")
+
+
+def read_config(run_dir: Path) -> dict:
+    """The resolved config the run was trained with (``<run folder>/config.yaml``)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: evaluation needs the run's resolved config next to its checkpoint")
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict) or "model" not in config or "data" not in config:
+        raise ValueError(f"'{path}' has no 'model' and 'data' sections")
+    return config
+
+
+@dataclass
+class LoadedRun:
+    """A trained classifier with what is needed to evaluate it."""
+
+    name: str
+    fusion: str
+    run_dir: Path
+    checkpoint: Path
+    config: dict
+    task: nn.Module
+
+    @property
+    def model(self) -> nn.Module:
+        """The plain ``batch -> logits`` module (``task.model`` for a ClassificationTask)."""
+        return getattr(self.task, "model", self.task)
+
+    @property
+    def data_spec(self) -> dict:
+        return self.task.hparams["data_spec"]
+
+
+def fusion_kind(config: dict) -> str:
+    """Short fusion name from the model config: ``fusion.fusions.late.LateFusion`` -> ``late``."""
+    target = (config["model"].get("fusion") or {}).get("_target_", "")
+    return target.split(".")[-2] if target.count(".") >= 2 else str(config.get("recipe_name", "model"))
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Loads a run folder or checkpoint: the task class from ``config.yaml``'s ``model._target_``, rebuilt from the
+    checkpoint's hyper-parameters, weights loaded strictly, in eval mode on CPU."""
+    run_dir, checkpoint_path = resolve_checkpoint(path)
+    config = read_config(run_dir)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"'{checkpoint_path}' is not a Lightning checkpoint with hyper_parameters and state_dict")
+    task_class = locate(config["model"]["_target_"])
+    task = task_class(**checkpoint["hyper_parameters"])
+    task.load_state_dict(checkpoint["state_dict"])
+    name = str(config.get("recipe_name") or run_dir.parent.name)
+    return LoadedRun(name, fusion_kind(config), run_dir, checkpoint_path, config, task.eval())
+
+
+def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path, max_samples: int | None = None) -> tuple[list[dict], object]:
+    """Test batches of the run's data (or of ``data_overrides``, e.g. another manifest), in the run's label order.
+
+    Raises:
+        ValueError: when the data's classes or modalities differ from the ones the model was trained on.
+    """
+    data_config = {**run.config["data"], **data_overrides, "augment": False}
+    datamodule = instantiate(data_config)
+    datamodule.prepare(out_dir)
+    datamodule.setup("test")
+    spec, trained = datamodule.spec, run.data_spec
+    if list(spec["classes"]) != list(trained["classes"]):
+        raise ValueError(f"data classes {spec['classes']} differ from the classes {trained['classes']} that "
+                         f"'{run.checkpoint}' was trained on")
+    missing = sorted(set(trained["modalities"]) - set(spec["modalities"]))
+    if missing:
+        raise ValueError(f"data lacks modality {missing} that '{run.checkpoint}' was trained on")
+    batches, count = [], 0
+    for batch in datamodule.test_dataloader():
+        batches.append(batch)
+        count += int(batch["label"].shape[0])
+        if max_samples is not None and count >= max_samples:
+            break
+    return batches, datamodule

@@ -1,0 +1,110 @@
+"""Accuracy-vs-latency evaluation of one or several run folders into one report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fusion.eval.batches import concat_batches, slice_batch
+from fusion.eval.benchmark import evaluate_model, machine_info
+from fusion.eval.latency import fix_threads
+from fusion.eval.report import write_report
+from fusion.eval.robustness import DEFAULT_NOISE_LEVELS, add_effective_robustness, evaluate_robustness
+from fusion.eval.run_folder import load_run, load_test_batches
+from fusion.eval.variants import VARIANT_NAMES
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how (each field is a ``key=value`` argument of evaluate.py)."""
+
+    ckpt: list[str]
+    out_dir: str | None = None
+    devices: list[str] = field(default_factory=lambda: ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    variants: list[str] = field(default_factory=lambda: list(VARIANT_NAMES))
+    threads: int | None = None
+    warmup: int = 20
+    iters: int = 200
+    batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
+    robustness: bool = True
+    noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
+    max_test_samples: int | None = None
+    data: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def default_out_dir(settings: EvalSettings, first_run_dir: Path) -> Path:
+    """The run folder for one run; ``checkpoints/eval/<time>`` next to the runs for a sweep."""
+    if settings.out_dir:
+        return Path(settings.out_dir)
+    if len(settings.ckpt) == 1:
+        return first_run_dir
+    return first_run_dir.parent.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _trim(batches: list[dict], max_samples: int | None) -> list[dict]:
+    if max_samples is None:
+        return batches
+    full = concat_batches(batches)
+    return [slice_batch(full, start, min(start + 64, max_samples)) for start in range(0, max_samples, 64)
+            if start < int(full["label"].shape[0])]
+
+
+def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tuple[dict, dict[str, Path]]:
+    """Evaluates every checkpoint of ``settings.ckpt`` and writes report.md/report.json/pareto.png.
+
+    Returns:
+        The report dict and the written paths.
+    """
+    if not settings.ckpt:
+        raise ValueError("ckpt= is required: a run folder, a .ckpt file, or several separated by commas")
+    for device in settings.devices:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device} requested but CUDA is not available")
+    threads = fix_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rows, skipped, robustness, out_dir = [], {}, {}, None
+    names_seen: dict[str, int] = {}
+    for index, path in enumerate(settings.ckpt):
+        run = load_run(path)
+        name = run.name if run.name not in names_seen else f"{run.name}-{names_seen[run.name] + 1}"
+        names_seen[run.name] = names_seen.get(run.name, 0) + 1
+        out_dir = out_dir or default_out_dir(settings, run.run_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log(f"[{index + 1}/{len(settings.ckpt)}] {name} ({run.fusion} fusion) from {run.checkpoint}")
+        batches, _ = load_test_batches(run, settings.data, out_dir)
+        batches = _trim(batches, settings.max_test_samples)
+        log(f"  [{name}] {sum(int(b['label'].shape[0]) for b in batches)} test samples, "
+            f"modalities {run.data_spec['modalities']}, {threads} CPU thread(s)")
+        model_rows, model_skipped = evaluate_model(
+            name, run.fusion, run.model, batches, num_classes=run.data_spec["num_classes"], devices=settings.devices,
+            variants=settings.variants, warmup=settings.warmup, iters=settings.iters,
+            throughput_batch_sizes=settings.batch_sizes, log=log)
+        for row in model_rows:
+            row["run_dir"] = str(run.run_dir)
+            row["checkpoint"] = str(run.checkpoint)
+        rows += model_rows
+        skipped.update(model_skipped)
+        if settings.robustness:
+            device = settings.devices[-1]
+            log(f"  [{name}] robustness (fp32 on {device}) ...")
+            robustness[name] = evaluate_robustness(run.model.to(device), batches, device, run.data_spec["num_classes"],
+                                                   settings.noise_levels, seed=settings.seed, log=log)
+            robustness[name]["fusion"] = run.fusion
+    late = [name for name, result in robustness.items() if result["fusion"] == "late"]
+    if late:
+        add_effective_robustness(robustness, late[0])
+    elif robustness:
+        skipped["effective robustness"] = "needs a late-fusion run in the sweep as reference"
+    report = {
+        "machine": machine_info(settings.devices) | {"torch_threads": str(threads)},
+        "settings": {key: value for key, value in asdict(settings).items() if key not in ("out_dir",)},
+        "rows": rows, "robustness": robustness, "skipped": skipped,
+    }
+    paths = write_report(report, out_dir)
+    log(f"report: {paths['md']}\n        {paths['json']}\n        {paths['png']}")
+    return report, paths
