@@ -123,7 +123,7 @@ class ManifestDataModule(L.LightningDataModule):
                 try:
                     row_values[(row.row, m)] = decode_media(value, m, self.image_channels, self.sample_rate, self.audio_samples)
                 except MediaError as err:
-                    row_problems.append(Problem(row.row, m, str(err).split(": ", 1)[-1], value))
+                    row_problems.append(Problem(row.row, m, err.reason, value))
             if row_problems:
                 problems.extend(row_problems)
             else:

@@ -12,6 +12,10 @@ from PIL import Image, UnidentifiedImageError
 class MediaError(ValueError):
     """A media file could not be decoded; the message names the file."""
 
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{reason}: '{path}'")
+
 
 def load_image(path: str, channels: int) -> Image.Image:
     """Decodes an image fully (so truncated files fail here) and converts it to L (1) or RGB (3) channels."""
@@ -22,7 +26,7 @@ def load_image(path: str, channels: int) -> Image.Image:
             img.load()
             return img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise MediaError(f"cannot decode image '{path}': {err}") from None
+        raise MediaError(path, f"cannot decode image ({err})") from None
 
 
 def load_audio(path: str, sample_rate: int) -> torch.Tensor:
@@ -34,11 +38,11 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
-        raise MediaError(f"cannot decode audio '{path}': {err}") from None
+        raise MediaError(path, f"cannot decode audio ({err})") from None
     if data.shape[0] == 0:
-        raise MediaError(f"audio '{path}' has no samples")
+        raise MediaError(path, "audio has no samples")
     if not np.isfinite(data).all():
-        raise MediaError(f"audio '{path}' contains NaN or infinite samples")
+        raise MediaError(path, "audio contains NaN or infinite samples")
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # (L,)
     if rate != sample_rate:
         wave = AF.resample(wave, orig_freq=int(rate), new_freq=int(sample_rate))
