@@ -1,0 +1,62 @@
+"""State shared by the gradient-compression hooks: process group, step counter, bytes, residuals."""
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fusion.distributed.accounting import WireCounter
+from fusion.distributed.residuals import ResidualStore
+
+
+class HookState:
+    """Base state passed to a DDP communication hook as its ``state`` argument.
+
+    ``step`` counts synchronising backward passes: DDP runs the hook only when gradients are reduced
+    (not inside ``no_sync`` during gradient accumulation), so it advances once per optimizer step.
+
+    Args:
+        module: the module wrapped by DDP (its ``parameters()`` order keys the residuals).
+        process_group: group to reduce over; None means the default (world) group.
+    """
+
+    def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None) -> None:
+        self.process_group = process_group
+        self.world_size = dist.get_world_size(process_group)
+        self.step = 0
+        self.counter = WireCounter(self.world_size)
+        self.residuals = ResidualStore({id(param): i for i, param in enumerate(module.parameters())})
+
+    @property
+    def group(self) -> dist.ProcessGroup:
+        """The process group collectives run on."""
+        return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    def finish_bucket(self, bucket: dist.GradBucket, compressed: bool) -> None:
+        """Books the fp32 reference for ``bucket``; closes the step after the last bucket.
+
+        Hooks call it after counting the bucket's own collectives and after reading ``step``.
+        """
+        self.counter.add_bucket(bucket.buffer().numel(), compressed)
+        if bucket.is_last():
+            self.counter.end_step()
+            self.step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step counter, byte totals and error-feedback residuals (tensors on the CPU)."""
+        return {"step": self.step, "counter": self.counter.state_dict(),
+                "residuals": self.residuals.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.step = int(state["step"])
+        self.counter.load_state_dict(state["counter"])
+        self.residuals.load_state_dict(state["residuals"])
+
+
+def completed_future(tensor: torch.Tensor) -> torch.futures.Future:
+    """A future already holding ``tensor`` (for hooks that do no communication, e.g. one rank)."""
+    future: torch.futures.Future = torch.futures.Future()
+    future.set_result(tensor)
+    return future

@@ -1,0 +1,83 @@
+"""Error-feedback memory that survives DDP's bucket rebuild and checkpoint round trips.
+
+DDP reduces gradients in flat buckets whose layout changes after the first iteration (and starts over
+from one large bucket when a run is resumed). The residual of each bucket is therefore kept flat while
+the layout is stable, and re-sliced per parameter whenever it changes, so no error is lost or misplaced.
+Checkpoints store it per parameter (index into ``module.parameters()``), independent of the layout.
+"""
+
+import torch
+import torch.distributed as dist
+
+
+class ResidualStore:
+    """Per-bucket flat residuals, keyed by bucket index and checked against the bucket's parameters.
+
+    Args:
+        param_index: ``id(parameter) -> position`` in ``module.parameters()`` of the wrapped module.
+    """
+
+    def __init__(self, param_index: dict[int, int]) -> None:
+        self.param_index = param_index
+        self._flat: dict[int, torch.Tensor] = {}  # bucket index -> (N,)
+        self._layout: dict[int, tuple[int, ...]] = {}  # bucket index -> parameter positions
+        self._sizes: dict[int, int] = {}  # parameter position -> numel
+        self._loose: dict[int, torch.Tensor] = {}  # parameter position -> (numel,), waiting for a bucket
+
+    def layout(self, bucket: dist.GradBucket) -> tuple[int, ...]:
+        """Positions of the bucket's parameters, in the order their gradients sit in ``bucket.buffer()``."""
+        positions = []
+        for param in bucket.parameters():
+            if id(param) not in self.param_index:
+                raise RuntimeError("DDP bucket holds a parameter that the comm hook state does not know")
+            position = self.param_index[id(param)]
+            self._sizes[position] = param.numel()
+            positions.append(position)
+        return tuple(positions)
+
+    def get(self, bucket: dist.GradBucket) -> torch.Tensor | None:
+        """The residual for ``bucket`` as a flat tensor like ``bucket.buffer()``, or None if all zero."""
+        index, layout = bucket.index(), self.layout(bucket)
+        if index in self._flat and self._layout[index] == layout:
+            return self._flat[index]
+        if self._flat:
+            self._spill()  # the bucket layout changed: keep every residual per parameter
+        pieces = [self._loose.pop(position, None) for position in layout]
+        if all(piece is None for piece in pieces):
+            return None
+        buffer = bucket.buffer()
+        flat = torch.cat([
+            piece.to(device=buffer.device, dtype=buffer.dtype) if piece is not None
+            else buffer.new_zeros(self._sizes[position])
+            for piece, position in zip(pieces, layout, strict=True)
+        ])  # (N,)
+        self._flat[index], self._layout[index] = flat, layout
+        return flat
+
+    def set(self, bucket: dist.GradBucket, residual: torch.Tensor) -> None:
+        """Stores the new residual of ``bucket`` (flat, same length as its buffer)."""
+        index = bucket.index()
+        self._flat[index], self._layout[index] = residual, self.layout(bucket)
+
+    def _spill(self) -> None:
+        for index, flat in self._flat.items():
+            offset = 0
+            for position in self._layout[index]:
+                size = self._sizes[position]
+                self._loose[position] = flat[offset:offset + size]
+                offset += size
+        self._flat.clear()
+        self._layout.clear()
+
+    def state_dict(self) -> dict[int, torch.Tensor]:
+        """Residuals per parameter position, on the CPU."""
+        self._spill()
+        return {position: piece.detach().cpu().clone() for position, piece in self._loose.items()}
+
+    def load_state_dict(self, state: dict[int, torch.Tensor]) -> None:
+        """Replaces all residuals with per-parameter ones from :meth:`state_dict`."""
+        self._flat.clear()
+        self._layout.clear()
+        self._loose = {int(position): piece.clone() for position, piece in state.items()}
+        for position, piece in self._loose.items():
+            self._sizes[position] = piece.numel()

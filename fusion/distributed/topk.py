@@ -1,0 +1,100 @@
+"""Top-k gradient sparsification with error feedback (Deep Gradient Compression style).
+
+Lin et al. 2018, "Deep Gradient Compression". Each rank adds its residual to the bucket, keeps the
+``k = ceil(ratio * N)`` entries of largest magnitude, and sends them as compact (value, int32 index)
+pairs packed into one byte buffer. Indices differ across ranks, so the pairs are all-gathered (not
+all-reduced) and scattered into a dense average. Everything not sent stays in the residual. The first
+``warmup_steps`` steps are dense fp32 all-reduces. Momentum correction and local clipping from the paper
+are not applied (the optimizer keeps its own momentum).
+
+If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
+optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual as it was.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fusion.distributed.base import HookState, completed_future
+
+_VALUE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TopKState(HookState):
+    """State of :func:`topk_hook`.
+
+    Args:
+        module: the module wrapped by DDP.
+        process_group: group to reduce over (None: world).
+        ratio: fraction of each bucket's entries sent per step, in (0, 1].
+        warmup_steps: dense all-reduce steps before sparsification starts.
+        value_dtype: wire type of the values: "fp16", "bf16", "fp32" or "fp64" (rounding error goes to the residual).
+    """
+
+    def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
+                 warmup_steps: int = 0, value_dtype: str = "fp16") -> None:
+        super().__init__(module, process_group)
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"topk ratio must be in (0, 1], got {ratio}")
+        if warmup_steps < 0:
+            raise ValueError(f"topk warmup_steps must be >= 0, got {warmup_steps}")
+        if value_dtype not in _VALUE_DTYPES:
+            raise ValueError(f"topk value_dtype must be one of {sorted(_VALUE_DTYPES)}, got {value_dtype!r}")
+        self.ratio = ratio
+        self.warmup_steps = warmup_steps
+        self.value_dtype = _VALUE_DTYPES[value_dtype]
+
+    def k(self, numel: int) -> int:
+        """Entries each rank sends for a bucket of ``numel`` gradients."""
+        return min(numel, max(1, math.ceil(self.ratio * numel)))
+
+
+def _dense_average(state: TopKState, buffer: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
+    state.counter.add_allreduce(buffer.numel() * buffer.element_size())
+    future = dist.all_reduce(buffer.div_(state.world_size), group=state.group, async_op=True).get_future()
+    return future.then(lambda fut: fut.value()[0])
+
+
+def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: all-gather of the top-k (value, index) pairs, with error feedback."""
+    buffer = bucket.buffer()  # (N,)
+    numel, world_size = buffer.numel(), state.world_size
+    if state.step < state.warmup_steps:
+        future = _dense_average(state, buffer) if world_size > 1 else completed_future(buffer)
+        state.finish_bucket(bucket, compressed=False)
+        return future
+
+    work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
+    old_residual = state.residuals.get(bucket)
+    corrected = buffer.to(work_dtype)  # (N,)
+    corrected = corrected + old_residual if old_residual is not None else corrected.clone()
+    k = state.k(numel)
+    indices = torch.topk(corrected.abs(), k, sorted=False).indices  # (k,)
+    values = corrected[indices].to(state.value_dtype)  # (k,) as sent
+    residual = corrected.index_put((indices,), corrected[indices] - values.to(work_dtype))  # (N,)
+    keep = old_residual if old_residual is not None else torch.zeros_like(residual)
+    overflow = ~torch.isfinite(corrected).all()
+    values = values + torch.where(overflow, float("nan"), 0.0).to(state.value_dtype)
+
+    value_bytes = values.element_size()
+    packed = torch.cat([values.view(torch.uint8), indices.to(torch.int32).view(torch.uint8)])  # (k * (v + 4),)
+    gathered = packed.new_empty(world_size * packed.numel())  # (W * k * (v + 4),)
+    state.counter.add_allgather(packed.numel())
+
+    def scatter_average(future: torch.futures.Future) -> torch.Tensor:
+        future.value()  # raises if the collective failed
+        rows = gathered.view(world_size, -1)  # (W, k * (v + 4))
+        all_values = rows[:, : k * value_bytes].contiguous().view(state.value_dtype)  # (W, k)
+        all_indices = rows[:, k * value_bytes:].contiguous().view(torch.int32).long()  # (W, k)
+        any_overflow = ~torch.isfinite(all_values).all()  # a skipped step consumes no residual anywhere
+        state.residuals.set(bucket, torch.where(any_overflow, keep, residual))
+        dense = torch.zeros(numel, dtype=work_dtype, device=buffer.device)  # (N,)
+        for rank in range(world_size):  # fixed order: identical float sums on every rank
+            dense.index_add_(0, all_indices[rank], all_values[rank].to(work_dtype))
+        return dense.div_(world_size).to(buffer.dtype)
+
+    work = dist.all_gather_into_tensor(gathered, packed, group=state.group, async_op=True)
+    state.finish_bucket(bucket, compressed=True)
+    return work.get_future().then(scatter_average)

@@ -1,0 +1,309 @@
+"""Communication hooks in two gloo processes: exactness, quantization bound, error feedback, top-k, resume, inf.
+
+One spawn runs every scenario (``run_scenarios``) and saves what each rank saw; the tests below check it.
+"""
+
+import io
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fusion.distributed.registry import make_comm_hook
+from tests.distributed.spawn import run_gloo
+
+WORLD = 2
+TOPK_RATIO = 0.05
+
+
+def make_model(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 16), nn.Tanh(), nn.Linear(16, 4)).to(dtype)
+
+
+def loss_of(model: nn.Module, rank: int, step: int, micro: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(10_000 * step + 100 * micro + rank)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(6, 8, generator=generator).to(dtype)  # (B, 8)
+    y = torch.randn(6, 4, generator=generator).to(dtype)  # (B, 4)
+    return ((model(x) - y) ** 2).mean() * (1.0 + step)
+
+
+def grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def recording(hook):
+    """Wraps a hook; per call keeps the bucket input, the residual before and after, and the result."""
+    calls: list[dict] = []
+
+    def recorded_hook(state, bucket):
+        before = state.residuals.get(bucket)
+        entry = {"step": state.step, "input": bucket.buffer().detach().clone(),
+                 "old": None if before is None else before.clone(),
+                 "sizes": [p.numel() for p in bucket.parameters()]}
+        calls.append(entry)
+
+        def keep(future):
+            entry["output"] = future.value().detach().clone()
+            after = state.residuals.get(bucket)
+            entry["new"] = None if after is None else after.clone()
+            return future.value()
+
+        return hook(state, bucket).then(keep)
+
+    recorded_hook.calls = calls
+    return recorded_hook
+
+
+def wrap(name: str, args: dict | None = None, dtype=torch.float32, bucket_cap_mb: float | None = None,
+         record: bool = False):
+    module = make_model(dtype)
+    ddp = DDP(module, bucket_cap_mb=bucket_cap_mb) if bucket_cap_mb else DDP(module)
+    state, hook = make_comm_hook(name, module, None, args)
+    if record:
+        hook = recording(hook)
+    ddp.register_comm_hook(state, hook)
+    return ddp, state, hook
+
+
+def train(ddp: DDP, optimizer, rank: int, steps: range) -> list[list[torch.Tensor]]:
+    seen = []
+    for step in steps:
+        optimizer.zero_grad()
+        loss_of(ddp, rank, step).backward()
+        seen.append(grads(ddp.module))
+        optimizer.step()
+    return seen
+
+
+def make_optimizer(ddp: DDP) -> torch.optim.Optimizer:
+    return torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+
+
+def reduced_mean(tensor: torch.Tensor) -> torch.Tensor:
+    out = tensor.clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def scenario_exact(rank: int) -> dict:
+    """fp32 all-reduce through the hook path vs DDP's built-in all-reduce, several small buckets."""
+    plain = DDP(make_model(), bucket_cap_mb=0.001)
+    hooked, state, _ = wrap("allreduce", bucket_cap_mb=0.001)
+    plain_grads = train(plain, make_optimizer(plain), rank, range(3))
+    hooked_grads = train(hooked, make_optimizer(hooked), rank, range(3))
+    return {"plain": plain_grads, "hooked": hooked_grads, "summary": state.counter.summary()}
+
+
+def scenario_recorded(rank: int, name: str, args: dict, dtype: torch.dtype, steps: int = 4) -> dict:
+    """Runs a recorded hook; adds the exact average and the per-tensor agreed maxima of each bucket."""
+    ddp, state, recorder = wrap(name, args, dtype=dtype, record=True)
+    train(ddp, make_optimizer(ddp), rank, range(steps))
+    for call in recorder.calls:
+        corrected = call["input"].to(dtype) + (call["old"] if call["old"] is not None else 0)
+        call["exact"] = reduced_mean(call["input"].double())
+        agreed = torch.stack([piece.abs().max() for piece in corrected.split(call["sizes"])])
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        call["agreed_max"] = agreed
+        sent = corrected - call["new"] if call["new"] is not None else None
+        call["sent_mean"] = reduced_mean(sent.double()) if sent is not None else None
+        call["sent"] = sent
+        call["corrected"] = corrected
+    return {"calls": recorder.calls, "summary": state.counter.summary(), "step": state.step}
+
+
+def scenario_resume(rank: int, name: str, args: dict, bucket_cap_mb: float | None) -> dict:
+    """Uninterrupted 5 steps vs 3 steps, checkpoint (model, optimizer, hook state), fresh processes' objects, 2 steps."""
+    ddp, _, _ = wrap(name, args, bucket_cap_mb=bucket_cap_mb)
+    uninterrupted = train(ddp, make_optimizer(ddp), rank, range(5))
+
+    ddp, state, _ = wrap(name, args, bucket_cap_mb=bucket_cap_mb)
+    optimizer = make_optimizer(ddp)
+    train(ddp, optimizer, rank, range(3))
+    blob = io.BytesIO()
+    torch.save({"model": ddp.module.state_dict(), "optimizer": optimizer.state_dict(),
+                "hook": state.state_dict()}, blob)
+    blob.seek(0)
+    saved = torch.load(blob, weights_only=True)
+
+    ddp, state, _ = wrap(name, args, bucket_cap_mb=bucket_cap_mb)
+    ddp.module.load_state_dict(saved["model"])
+    optimizer = make_optimizer(ddp)
+    optimizer.load_state_dict(saved["optimizer"])
+    state.load_state_dict(saved["hook"])
+    resumed = train(ddp, optimizer, rank, range(3, 5))
+    return {"uninterrupted": uninterrupted[3:], "resumed": resumed}
+
+
+def scenario_inf(rank: int, name: str, args: dict) -> dict:
+    """Rank 0 gets an inf in one gradient entry at step 2; returns the reduced gradients and residuals."""
+    ddp, state, recorder = wrap(name, args, record=True)
+    first = next(ddp.module.parameters())
+    poison = {"on": False}
+    first.register_hook(lambda g: g.index_put((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("inf")))
+                        if poison["on"] and rank == 0 else g)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    seen = []
+    for step in range(4):
+        poison["on"] = step == 2
+        optimizer.zero_grad()
+        loss_of(ddp, rank, step).backward()
+        seen.append(grads(ddp.module))
+        if step != 2:  # what an AMP grad scaler does with a non-finite step
+            optimizer.step()
+    return {"grads": seen, "calls": recorder.calls}
+
+
+def scenario_accumulation(rank: int, name: str, args: dict) -> dict:
+    """Three optimizer steps of three micro-batches each (two under no_sync)."""
+    ddp, state, _ = wrap(name, args)
+    optimizer = make_optimizer(ddp)
+    for step in range(3):
+        optimizer.zero_grad()
+        for micro in range(3):
+            if micro < 2:
+                with ddp.no_sync():
+                    loss_of(ddp, rank, step, micro).backward()
+            else:
+                loss_of(ddp, rank, step, micro).backward()
+        optimizer.step()
+    return {"step": state.step, "counted_steps": state.counter.steps}
+
+
+def run_scenarios(rank: int, world: int, out_dir: str) -> None:
+    results = {
+        "exact": scenario_exact(rank),
+        "int8": scenario_recorded(rank, "int8", {}, torch.float32),
+        "int8_f64": scenario_recorded(rank, "int8", {}, torch.float64),
+        "int8_bucket_f64": scenario_recorded(rank, "int8", {"granularity": "bucket"}, torch.float64),
+        "topk": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64"},
+                                  torch.float64),
+        "topk_fp16": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO}, torch.float32),
+        "resume": {
+            "int8": scenario_resume(rank, "int8", {}, bucket_cap_mb=0.001),
+            "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),
+            "powersgd": scenario_resume(rank, "powersgd", {"rank": 1, "warmup_steps": 2}, None),
+        },
+        "inf": {name: scenario_inf(rank, name, args) for name, args in
+                [("int8", {}), ("topk", {"ratio": 0.1}), ("fp16", {}), ("powersgd", {"warmup_steps": 2})]},
+        "accumulation": {name: scenario_accumulation(rank, name, args) for name, args in
+                         [("int8", {}), ("topk", {"warmup_steps": 1})]},
+    }
+    torch.save(results, f"{out_dir}/{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("hooks")
+    run_gloo(run_scenarios, WORLD, str(out_dir), timeout=240)
+    return [torch.load(out_dir / f"{rank}.pt", weights_only=False) for rank in range(WORLD)]
+
+
+def test_uncompressed_hook_path_equals_plain_allreduce_exactly(results):
+    for rank_result in results:
+        exact = rank_result["exact"]
+        for plain_step, hooked_step in zip(exact["plain"], exact["hooked"], strict=True):
+            for plain, hooked in zip(plain_step, hooked_step, strict=True):
+                assert torch.equal(plain, hooked)
+        assert exact["summary"]["compression"] == pytest.approx(1.0)
+
+
+def test_int8_within_quantization_bound_of_exact_average(results):
+    levels = 127 // WORLD
+    for rank_result in results:
+        first = [c for c in rank_result["int8"]["calls"] if c["step"] == 0]
+        assert first and all(c["old"] is None for c in first)
+        for call in first:  # no residual yet: every rank's rounding error is at most half a level
+            scale = torch.repeat_interleave(call["agreed_max"] / levels, torch.tensor(call["sizes"]))
+            error = (call["output"].double() - call["exact"]).abs()
+            assert torch.all(error <= scale.double() / 2 * (1 + 1e-5) + 1e-7)
+            relative = error.norm() / call["exact"].norm()
+            assert relative < 0.03, relative
+            assert relative > 0  # it did quantize
+        # one byte per gradient plus one fp32 maximum per tensor (and the inf flag) per bucket
+        numel = sum(c["input"].numel() for c in first)
+        scale_bytes = sum(4 * (len(c["sizes"]) + 1) for c in first)
+        assert rank_result["int8"]["summary"]["compression"] == pytest.approx(4 * numel / (numel + scale_bytes))
+
+
+def _lattice_checks(calls: list[dict], levels: int, granularity: str) -> None:
+    for call in calls:
+        sizes = call["sizes"] if granularity == "tensor" else [sum(call["sizes"])]
+        agreed = call["agreed_max"] if granularity == "tensor" else call["agreed_max"].max().reshape(1)
+        scale = torch.repeat_interleave(agreed / levels, torch.tensor(sizes))  # (N,)
+        units = call["sent"] / scale
+        # what was sent lies on the shared lattice, and sent + new residual = gradient + old residual
+        assert torch.allclose(units, units.round(), atol=1e-9, rtol=0)
+        assert units.abs().max() <= levels + 1e-9
+        assert torch.allclose(call["sent"] + call["new"], call["corrected"], rtol=0, atol=1e-15)
+        # and the reduced gradient is exactly the average of what the ranks sent
+        assert torch.allclose(call["output"], call["sent_mean"], rtol=1e-12, atol=1e-15)
+
+
+def test_int8_error_feedback_invariant_float64(results):
+    for rank_result in results:
+        calls = rank_result["int8_f64"]["calls"]
+        assert any(c["old"] is not None and c["old"].abs().max() > 0 for c in calls)  # residual is carried
+        _lattice_checks(calls, 127 // WORLD, "tensor")
+        _lattice_checks(rank_result["int8_bucket_f64"]["calls"], 127 // WORLD, "bucket")
+
+
+def test_topk_sends_exactly_k_per_rank_and_keeps_the_rest(results):
+    for rank_result in results:
+        calls = rank_result["topk"]["calls"]
+        warmup = [c for c in calls if c["step"] == 0]
+        assert warmup and all(torch.allclose(c["output"], c["exact"], rtol=1e-12, atol=0) for c in warmup)
+        sparse = [c for c in calls if c["step"] > 0]
+        assert sparse
+        for call in sparse:
+            numel = call["input"].numel()
+            k = max(1, -(-int(TOPK_RATIO * numel * 1e6) // 1_000_000))
+            sent_mask = call["sent"] != 0
+            assert int(sent_mask.sum()) == k
+            assert torch.equal(call["new"][~sent_mask], call["corrected"][~sent_mask])  # the rest stays
+            assert torch.all(call["new"][sent_mask] == 0)
+            assert call["corrected"][sent_mask].abs().min() >= call["corrected"][~sent_mask].abs().max()
+            assert torch.allclose(call["output"], call["sent_mean"], rtol=1e-12, atol=1e-15)
+        summary = rank_result["topk"]["summary"]
+        # one all-gather of k (fp64 value, int32 index) pairs against a ring all-reduce of N fp32 values
+        assert summary["compressed_compression"] == pytest.approx(
+            2 * (WORLD - 1) / WORLD * 4 * numel / ((WORLD - 1) * k * 12), rel=1e-6)
+
+
+def test_topk_fp16_values_keep_their_rounding_error(results):
+    for rank_result in results:
+        for call in [c for c in rank_result["topk_fp16"]["calls"] if c["new"] is not None]:
+            assert torch.equal(call["sent"] + call["new"], call["corrected"])
+            sent = call["sent"][call["sent"] != 0]
+            assert torch.equal(sent, sent.half().float())  # exactly representable in fp16
+        assert rank_result["topk_fp16"]["summary"]["compressed_compression"] > 0.9 / TOPK_RATIO * 8 / 6 / WORLD
+
+
+@pytest.mark.parametrize("name", ["int8", "topk", "powersgd"])
+def test_save_load_next_step_equals_uninterrupted(results, name):
+    for rank_result in results:
+        run = rank_result["resume"][name]
+        for expected_step, resumed_step in zip(run["uninterrupted"], run["resumed"], strict=True):
+            for expected, resumed in zip(expected_step, resumed_step, strict=True):
+                assert torch.equal(expected, resumed)
+
+
+@pytest.mark.parametrize("name", ["int8", "topk", "fp16", "powersgd"])
+def test_inf_reaches_the_optimizer_step(results, name):
+    for rank_result in results:
+        run = rank_result["inf"][name]
+        assert not all(torch.isfinite(g).all() for g in run["grads"][2])  # on both ranks
+        assert all(torch.isfinite(g).all() for step in (0, 1, 3) for g in run["grads"][step])
+        for call in run["calls"]:
+            if call["step"] == 2 and call["old"] is not None and name in ("int8", "topk"):
+                assert torch.equal(call["old"], call["new"])  # residual not poisoned
+
+
+@pytest.mark.parametrize("name", ["int8", "topk"])
+def test_state_advances_once_per_optimizer_step_under_accumulation(results, name):
+    for rank_result in results:
+        run = rank_result["accumulation"][name]
+        assert run["step"] == 3 and run["counted_steps"] == 3
