@@ -41,4 +41,4 @@ class EarlyFusion(Fusion):
         joined = [self.proj[m](features[m]) * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
         joined.append(present.to(joined[0].dtype))
         logits = self.trunk(torch.cat(joined, dim=1))  # (B, K)
-        return FusionResult(logits, named_weights("gate", self.modalities, weights), reg)
+        return FusionResult(logits, named_weights("feature", self.modalities, weights), reg)

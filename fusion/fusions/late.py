@@ -46,4 +46,4 @@ class LateFusion(Fusion):
         weights, reg = self.gate(gate_in, mask)  # (B, M)
         logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in self.modalities], dim=1)  # (B, M, K)
         logits = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
-        return FusionResult(logits, named_weights("gate", self.modalities, weights), reg, decisions)
+        return FusionResult(logits, named_weights("decision", self.modalities, weights), reg, decisions)

@@ -1,0 +1,98 @@
+"""Accuracy table of the fusion recipes and unimodal baselines, on the built-in set and on MNIST + FSDD.
+
+    python benchmarks/fusion_accuracy.py --realdata ../shared/data --out benchmarks/out/fusion [--jobs 4]
+
+Builds the speaker-disjoint manifests (clean and degraded images) with fusion.data.pair_digits, trains every
+(data set, model) pair with `train.py` in subprocesses, and writes `results.json` and `results.md` (test
+accuracy, macro-F1 and training time per run). Unimodal baselines use `data.modalities=[...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def manifests(realdata: Path | None, out: Path, speakers: list[str], degrade: float) -> dict[str, str | None]:
+    sets: dict[str, str | None] = {"builtin": None}
+    if realdata is None:
+        return sets
+    for speaker in speakers:
+        for level in (0.0, degrade):
+            name = f"fsdd-{speaker}" + ("-degraded" if level else "")
+            path = out / "manifests" / name / "manifest.csv"
+            subprocess.run([sys.executable, "-m", "fusion.data.pair_digits", "--images", str(realdata / "mnist"),
+                            "--audio", str(realdata / "fsdd" / "recordings"), "--test-speaker", speaker,
+                            "--out", str(path), "--degrade", str(level)], check=True, cwd=REPO)
+            sets[name] = str(path)
+    return sets
+
+
+def runs(sets: dict[str, str | None], epochs: int) -> list[tuple[str, str, list[str]]]:
+    jobs = []
+    for data_name, manifest in sets.items():
+        data = [f"data.manifest={manifest}"] if manifest else []
+        modalities = ["image", "audio", "text"] if manifest is None else ["image", "audio"]
+        for recipe in ("early", "late", "progressive"):
+            jobs.append((data_name, recipe, [f"recipe={recipe}", *data, f"trainer.max_epochs={epochs}"]))
+        for m in modalities:
+            jobs.append((data_name, f"{m} only", ["recipe=late", *data, f"data.modalities=[{m}]", f"trainer.max_epochs={epochs}"]))
+    return jobs
+
+
+def train_one(job: tuple[str, str, list[str]], out: Path, extra: list[str]) -> dict:
+    data_name, model, overrides = job
+    run_dir = out / "runs" / data_name / model.replace(" ", "_")
+    cmd = [sys.executable, "train.py", *overrides, *extra, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+        return {"data": data_name, "model": model, "error": proc.stderr[-500:]}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(f"[{data_name}] {model}: acc={metrics['test/acc']:.4f} ({wall:.0f}s)", flush=True)
+    result = {"data": data_name, "model": model, "acc": metrics["test/acc"], "f1": metrics["test/f1"],
+            "fit_seconds": metrics.get("fit_seconds"), "wall_seconds": round(wall, 1), "run_dir": str(run_dir)}
+    with open(out / "results.jsonl", "a") as f:  # partial results survive an interrupted sweep
+        f.write(json.dumps(result) + "\n")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--realdata", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "fusion")
+    parser.add_argument("--speakers", nargs="+", default=["theo"], help="test speakers (one run each)")
+    parser.add_argument("--degrade", type=float, default=0.6)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--only", nargs="*", default=None, help="data set names to run (default: all)")
+    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sets = manifests(args.realdata, args.out, args.speakers, args.degrade)
+    if args.only:
+        sets = {k: v for k, v in sets.items() if k in args.only}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda j: train_one(j, args.out, args.extra), runs(sets, args.epochs)))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    lines = ["| data | model | test acc | macro-F1 | fit time (s) |", "|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['data']} | {r['model']} | error | | |")
+        else:
+            lines.append(f"| {r['data']} | {r['model']} | {100 * r['acc']:.2f} % | {100 * r['f1']:.2f} % | {r['fit_seconds']} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
