@@ -59,7 +59,7 @@ class RandomOffsetWindows(Dataset):
         clip = self.clips[index]
         drift = bool(torch.rand(()) < self.drift_fraction)
         offsets = sample_offsets(None, self.window, self.max_offset, drift, self.min_drift, self.max_drift)
-        lo, hi = valid_window_starts(clip["mouth"].shape[0], self.window, offsets)
+        lo, hi = valid_window_starts(clip["mouth"].shape[0], self.window, offsets, self.subframes)
         start = int(torch.randint(lo, hi + 1, ()))
         return window_item(clip, offsets, start, self.max_offset, self.subframes, drift, index)
 

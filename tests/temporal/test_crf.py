@@ -1,0 +1,137 @@
+"""LinearChainCRF against pytorch-crf and brute-force enumeration."""
+
+import itertools
+
+import pytest
+import torch
+
+from fusion.temporal.crf import LinearChainCRF, band_transitions
+
+torchcrf = pytest.importorskip("torchcrf")
+
+
+def random_case(seed: int, batch: int, steps: int, tags: int, scale: float = 2.0):
+    generator = torch.Generator().manual_seed(seed)
+    emissions = torch.randn(batch, steps, tags, generator=generator) * scale
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    mask = torch.arange(steps)[None] < lengths[:, None]
+    labels = torch.randint(0, tags, (batch, steps), generator=generator)
+    return emissions, labels, mask
+
+
+def paired(tags: int, seed: int):
+    torch.manual_seed(seed)
+    ours = LinearChainCRF(tags, init_std=1.0)
+    ref = torchcrf.CRF(tags, batch_first=True)
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items() if k != "allowed_transitions"})
+    return ours, ref
+
+
+@pytest.mark.parametrize("seed,batch,steps,tags", [(0, 7, 13, 5), (1, 3, 1, 4), (2, 16, 40, 31), (3, 5, 9, 1)])
+def test_log_likelihood_and_gradients_match_pytorch_crf(seed, batch, steps, tags):
+    ours, ref = paired(tags, seed)
+    emissions, labels, mask = random_case(seed, batch, steps, tags)
+    e1, e2 = emissions.clone().requires_grad_(), emissions.clone().requires_grad_()
+    ll_ours = ours.log_likelihood(e1, labels, mask)
+    ll_ref = ref(e2, labels, mask, reduction="none")
+    torch.testing.assert_close(ll_ours, ll_ref, atol=1e-4, rtol=1e-5)
+    weights = torch.randn(batch)
+    (ll_ours * weights).sum().backward()
+    (ll_ref * weights).sum().backward()
+    torch.testing.assert_close(e1.grad, e2.grad, atol=1e-4, rtol=1e-4)
+    for name in ("start_transitions", "end_transitions", "transitions"):
+        expected = getattr(ref, name).grad
+        expected = torch.zeros_like(getattr(ref, name)) if expected is None else expected  # unused when T = 1
+        torch.testing.assert_close(getattr(ours, name).grad, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed,batch,steps,tags", [(0, 9, 17, 6), (4, 4, 1, 3), (5, 32, 60, 31)])
+def test_viterbi_matches_pytorch_crf(seed, batch, steps, tags):
+    ours, ref = paired(tags, seed)
+    emissions, _, mask = random_case(seed, batch, steps, tags)
+    paths, lengths = ours.decode(emissions, mask)
+    assert paths.dtype == torch.long and paths.shape == (batch, steps)
+    assert lengths.tolist() == mask.sum(1).tolist()
+    expected = ref.decode(emissions, mask)
+    for i in range(batch):
+        assert paths[i, : lengths[i]].tolist() == expected[i]
+        assert (paths[i, lengths[i]:] == -1).all()
+
+
+def brute_force(crf: LinearChainCRF, emissions: torch.Tensor, length: int):
+    """log Z and the best path of one sequence by enumerating every tag path."""
+    trans = crf.effective_transitions()
+    scores = {}
+    for path in itertools.product(range(crf.num_tags), repeat=length):
+        s = crf.start_transitions[path[0]] + crf.end_transitions[path[-1]]
+        s = s + sum(emissions[t, path[t]] for t in range(length))
+        s = s + sum(trans[path[t - 1], path[t]] for t in range(1, length))
+        scores[path] = s.item()
+    values = torch.tensor(list(scores.values()), dtype=torch.float64)
+    return torch.logsumexp(values, 0).item(), max(scores, key=scores.get)
+
+
+def test_constrained_transitions_against_enumeration():
+    torch.manual_seed(0)
+    crf = LinearChainCRF(4, allowed_transitions=band_transitions(4, 1), init_std=1.0)
+    emissions, _, mask = random_case(7, 3, 5, 4, scale=3.0)
+    log_z = crf.log_partition(emissions, mask)
+    paths, lengths = crf.decode(emissions, mask)
+    for i in range(3):
+        expected_z, expected_path = brute_force(crf, emissions[i], int(lengths[i]))
+        assert log_z[i].item() == pytest.approx(expected_z, abs=1e-4)
+        assert tuple(paths[i, : lengths[i]].tolist()) == expected_path
+        jumps = paths[i, 1 : lengths[i]] - paths[i, : lengths[i] - 1]
+        assert jumps.abs().max().item() <= 1 if lengths[i] > 1 else True
+
+
+def test_constrained_gradient_matches_logspace_reference():
+    torch.manual_seed(1)
+    crf = LinearChainCRF(7, allowed_transitions=band_transitions(7, 2), init_std=1.0)
+    emissions, labels, mask = random_case(3, 6, 20, 7)
+    labels = torch.arange(20).repeat(6, 1) % 2 + 3  # allowed path 3,4,3,4,...
+    e1, e2 = emissions.clone().requires_grad_(), emissions.clone().requires_grad_()
+    fast = crf.log_partition(e1, mask)
+    slow = crf._log_partition_logspace(e2.masked_fill(~mask[:, :, None], 0.0), mask)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-5)
+    fast.sum().backward()
+    grad_fast = crf.transitions.grad.clone()
+    crf.transitions.grad = None
+    slow.sum().backward()
+    torch.testing.assert_close(e1.grad, e2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grad_fast, crf.transitions.grad, atol=1e-4, rtol=1e-4)
+    assert grad_fast[~crf.allowed_transitions].abs().max() == 0
+    assert torch.isfinite(crf(emissions, labels, mask))
+
+
+def test_extreme_scores_fall_back_to_log_space():
+    ours, ref = paired(5, 2)
+    emissions, labels, mask = random_case(2, 4, 30, 5, scale=400.0)
+    ll_ours = ours.log_likelihood(emissions, labels, mask)
+    ll_ref = ref(emissions.double(), labels, mask, reduction="none").float()
+    assert torch.isfinite(ll_ours).all()
+    torch.testing.assert_close(ll_ours, ll_ref, rtol=1e-4, atol=1e-2)
+
+
+def test_padding_values_are_ignored():
+    crf, _ = paired(4, 3)
+    emissions, labels, mask = random_case(5, 5, 11, 4)
+    poisoned = emissions.masked_fill(~mask[:, :, None], float("nan"))
+    torch.testing.assert_close(crf.log_likelihood(poisoned, labels, mask), crf.log_likelihood(emissions, labels, mask))
+    assert torch.equal(crf.decode(poisoned, mask)[0], crf.decode(emissions, mask)[0])
+
+
+def test_bad_inputs_raise_clear_errors():
+    crf = LinearChainCRF(3)
+    emissions = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match="first time step"):
+        crf.decode(emissions, torch.tensor([[0, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool))
+    with pytest.raises(ValueError, match="right-padded"):
+        crf.decode(emissions, torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"shape \(B, T, 3\)"):
+        crf.decode(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match="tags must lie"):
+        crf(emissions, torch.full((2, 4), 3))
+    with pytest.raises(ValueError, match="predecessor"):
+        LinearChainCRF(2, allowed_transitions=torch.tensor([[True, False], [True, False]]))
