@@ -8,7 +8,9 @@
 Arguments are ``key=value`` (Hydra style, parsed without Hydra so a bare torch install can run it); a bare
 path counts as one more ``ckpt``. Keys: ckpt, out_dir, device (cpu|cuda|cpu,cuda), variants
 (fp32,bf16,compile,int8), threads, warmup, iters, batch_sizes, robustness (true|false), noise_levels,
-max_test_samples, seed, data.<key> (any data-module argument, e.g. data.manifest, data.batch_size).
+max_test_samples, seed, data.<key> (any data-module argument, e.g. data.manifest, data.batch_size),
+cache_batches=true (store the decoded test split as <run folder>/test_batches.pt) and from_cache=true
+(evaluate from that file: no media files or data decoders needed, e.g. on a GPU machine).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import yaml
 from fusion.eval.sweep import EvalSettings, run_sweep
 
 LIST_KEYS = {"ckpt": str, "device": str, "variants": str, "batch_sizes": int, "noise_levels": float}
-SCALAR_KEYS = {"out_dir", "threads", "warmup", "iters", "robustness", "max_test_samples", "seed", "recipe"}
+SCALAR_KEYS = {"out_dir", "threads", "warmup", "iters", "robustness", "max_test_samples", "seed", "recipe",
+               "cache_batches", "from_cache"}
 
 
 def parse_arguments(argv: list[str]) -> dict:

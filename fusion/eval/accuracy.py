@@ -35,7 +35,7 @@ def predict(
         model: ``model(batch) -> (B, C)`` logits.
         batches: CPU batch dicts with a ``label`` entry.
         device: Where the model runs.
-        transform: Applied to each CPU batch before it is moved (masking, noise).
+        transform: Applied to each CPU batch before it is moved (masking, noise); may drop samples.
 
     Returns:
         ``(predictions (N,), labels (N,))`` on CPU.
@@ -45,6 +45,8 @@ def predict(
         for batch in batches:
             if transform is not None:
                 batch = transform(batch)
+            if batch_size_of(batch) == 0:
+                continue
             logits = model(to_device(batch, device))  # (B, C)
             predictions.append(logits.argmax(dim=-1).cpu())
             labels.append(batch["label"].cpu())

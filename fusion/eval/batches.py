@@ -43,3 +43,12 @@ def take_batch(full: dict, size: int) -> dict:
         return slice_batch(full, 0, size)
     repeats = -(-size // total)
     return slice_batch(concat_batches([full] * repeats), 0, size)
+
+
+def select_rows(batch: object, keep: torch.Tensor) -> object:
+    """Samples of a (nested) batch dict where the boolean ``keep`` (B,) is True."""
+    if isinstance(batch, dict):
+        return {key: select_rows(value, keep) for key, value in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch[keep]
+    raise TypeError(f"cannot index batch value of type {type(batch).__name__}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from fusion.eval.accuracy import classification_metrics, predict
+from fusion.eval.batches import select_rows
 
 DEFAULT_NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -25,21 +26,26 @@ def _copy_batch(batch: dict) -> dict:
 
 
 def remove_modality(batch: dict, modality: str) -> dict:
-    """Copy of ``batch`` with ``modality`` marked missing for every sample and its values zeroed.
+    """Copy of ``batch`` with ``modality`` marked missing for every sample.
 
-    This is what the data pipeline produces for an empty manifest cell, so a model honouring the mask gives
-    the same output as with the mask alone.
+    Dense values (image, audio, video) are also zeroed, as the data pipeline's placeholders for an empty
+    manifest cell are; token ids are kept (an all-padding attention mask is not a valid text input), the mask
+    alone tells fusions to ignore them. A model honouring the mask gives the same output as with the mask alone.
     """
     if modality not in batch["mask"]:
         raise KeyError(f"modality {modality!r} not in batch (has {sorted(batch['mask'])})")
     removed = _copy_batch(batch)
     removed["mask"][modality] = torch.zeros_like(batch["mask"][modality])
-    value = batch[modality]
-    if isinstance(value, dict):
-        removed[modality] = {key: torch.zeros_like(item) for key, item in value.items()}
-    else:
-        removed[modality] = torch.zeros_like(value)
+    if isinstance(batch[modality], torch.Tensor):
+        removed[modality] = torch.zeros_like(batch[modality])
     return removed
+
+
+def without_modality(batch: dict, modality: str) -> dict:
+    """``remove_modality``, keeping only samples that still have another modality (fusions need one)."""
+    removed = remove_modality(batch, modality)
+    still_present = torch.stack(list(removed["mask"].values()), dim=1).any(dim=1)  # (B,)
+    return removed if bool(still_present.all()) else select_rows(removed, still_present)
 
 
 def add_noise(batch: dict, modality: str, level: float, generator: torch.Generator) -> dict:
@@ -103,15 +109,19 @@ def evaluate_robustness(
 ) -> dict:
     """Accuracy with each modality removed and accuracy-vs-noise curves per modality.
 
+    Accuracy without a modality is measured on the samples that keep at least one other modality (their count
+    is reported as ``removed_samples``); a sample left with no input cannot be classified.
+
     Returns:
-        ``{"removed": {modality: acc}, "noise": {modality: {"levels": [...], "acc": [...],
-        "relative_robustness": float}}}``.
+        ``{"removed": {modality: acc}, "removed_samples": {modality: n}, "noise": {modality: {"levels": [...],
+        "acc": [...], "relative_robustness": float}}}``.
     """
     modalities = sorted(batches[0]["mask"])
-    result: dict = {"removed": {}, "noise": {}}
+    result: dict = {"removed": {}, "removed_samples": {}, "noise": {}}
     for modality in modalities:
-        predictions, labels = predict(model, batches, device, lambda b, m=modality: remove_modality(b, m))
+        predictions, labels = predict(model, batches, device, lambda b, m=modality: without_modality(b, m))
         result["removed"][modality] = classification_metrics(predictions, labels, num_classes)["acc"]
+        result["removed_samples"][modality] = int(labels.numel())
         curve = []
         for level in levels:
             generator = torch.Generator().manual_seed(seed)

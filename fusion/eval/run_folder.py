@@ -117,13 +117,36 @@ def load_run(path: str | Path) -> LoadedRun:
     return LoadedRun(name, fusion_kind(config), run_dir, checkpoint_path, config, task.eval())
 
 
-def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path, max_samples: int | None = None) -> tuple[list[dict], object]:
+BATCH_CACHE_NAME = "test_batches.pt"
+
+
+def save_batch_cache(batches: list[dict], data_config: dict, path: Path) -> None:
+    """Stores decoded test batches (plain tensors) so evaluation can run where the media or decoders are absent."""
+    torch.save({"data": data_config, "batches": batches}, path)
+
+
+def load_batch_cache(path: Path, data_config: dict) -> list[dict]:
+    """Test batches from ``save_batch_cache``; refuses a cache made from a different data config."""
+    if not path.is_file():
+        raise FileNotFoundError(f"'{path}' not found: run evaluate.py with cache_batches=true where the data is")
+    cache = torch.load(path, map_location="cpu", weights_only=True)
+    if cache["data"] != data_config:
+        raise ValueError(f"'{path}' was made from data config {cache['data']}, not {data_config}")
+    return cache["batches"]
+
+
+def test_data_config(run: LoadedRun, data_overrides: dict) -> dict:
+    """The run's data config with ``data_overrides`` applied and augmentation off."""
+    return {**run.config["data"], **data_overrides, "augment": False}
+
+
+def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path) -> tuple[list[dict], object]:
     """Test batches of the run's data (or of ``data_overrides``, e.g. another manifest), in the run's label order.
 
     Raises:
         ValueError: when the data's classes or modalities differ from the ones the model was trained on.
     """
-    data_config = {**run.config["data"], **data_overrides, "augment": False}
+    data_config = test_data_config(run, data_overrides)
     datamodule = instantiate(data_config)
     datamodule.prepare(out_dir)
     datamodule.setup("test")
@@ -134,10 +157,4 @@ def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path, max_s
     missing = sorted(set(trained["modalities"]) - set(spec["modalities"]))
     if missing:
         raise ValueError(f"data lacks modality {missing} that '{run.checkpoint}' was trained on")
-    batches, count = [], 0
-    for batch in datamodule.test_dataloader():
-        batches.append(batch)
-        count += int(batch["label"].shape[0])
-        if max_samples is not None and count >= max_samples:
-            break
-    return batches, datamodule
+    return list(datamodule.test_dataloader()), datamodule

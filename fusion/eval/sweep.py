@@ -14,7 +14,14 @@ from fusion.eval.benchmark import evaluate_model, machine_info
 from fusion.eval.latency import fix_threads
 from fusion.eval.report import write_report
 from fusion.eval.robustness import DEFAULT_NOISE_LEVELS, add_effective_robustness, evaluate_robustness
-from fusion.eval.run_folder import load_run, load_test_batches
+from fusion.eval.run_folder import (
+    BATCH_CACHE_NAME,
+    load_batch_cache,
+    load_run,
+    load_test_batches,
+    save_batch_cache,
+    test_data_config,
+)
 from fusion.eval.variants import VARIANT_NAMES
 
 
@@ -35,6 +42,8 @@ class EvalSettings:
     max_test_samples: int | None = None
     data: dict = field(default_factory=dict)
     seed: int = 0
+    cache_batches: bool = False
+    from_cache: bool = False
 
 
 def default_out_dir(settings: EvalSettings, first_run_dir: Path) -> Path:
@@ -76,7 +85,15 @@ def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tup
         out_dir = out_dir or default_out_dir(settings, run.run_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         log(f"[{index + 1}/{len(settings.ckpt)}] {name} ({run.fusion} fusion) from {run.checkpoint}")
-        batches, _ = load_test_batches(run, settings.data, out_dir)
+        cache_path = run.run_dir / BATCH_CACHE_NAME
+        if settings.from_cache:
+            batches = load_batch_cache(cache_path, test_data_config(run, settings.data))
+            log(f"  [{name}] test batches from {cache_path}")
+        else:
+            batches, _ = load_test_batches(run, settings.data, out_dir)
+            if settings.cache_batches:
+                save_batch_cache(batches, test_data_config(run, settings.data), cache_path)
+                log(f"  [{name}] test batches saved to {cache_path}")
         batches = _trim(batches, settings.max_test_samples)
         log(f"  [{name}] {sum(int(b['label'].shape[0]) for b in batches)} test samples, "
             f"modalities {run.data_spec['modalities']}, {threads} CPU thread(s)")

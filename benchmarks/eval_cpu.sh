@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Accuracy vs latency of early, late and progressive fusion on the CPU, on two data sets:
+#   builtin    - the generated audio-visual-text digits set (default data of every recipe)
+#   mnist_fsdd - MNIST images paired with FSDD spoken digits (image + audio; test = a held-out speaker),
+#                built from ../shared/data by benchmarks/clip_build_digits_manifest.py
+# Trains the three recipes per data set (skipped when the run folder already has best.ckpt), then writes one
+# report per data set with evaluate.py, and stores the decoded test split next to each run
+# (test_batches.pt) so benchmarks/eval_gpu.sh can evaluate the same runs on a GPU machine without the media.
+#
+#   bash benchmarks/eval_cpu.sh                 # everything
+#   SETS=builtin EPOCHS=6 THREADS=2 bash benchmarks/eval_cpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-checkpoints/eval_bench}
+SETS=${SETS:-"builtin mnist_fsdd"}
+EPOCHS=${EPOCHS:-5}
+# Encoder sizes of the evaluated models (smaller than the recipe defaults: width 16 instead of 32).
+MODEL_ARGS=${MODEL_ARGS:-"model.encoders.image.width=16 model.encoders.audio.width=16"}
+THREADS=${THREADS:-2}
+ITERS=${ITERS:-200}
+VARIANTS=${VARIANTS:-fp32,compile,int8}
+export FUSION_DATASETS=${FUSION_DATASETS:-$PWD/datasets}
+
+data_args() {
+  case "$1" in
+    builtin) echo "" ;;
+    mnist_fsdd)
+      local manifest=datasets/mnist_fsdd/manifest.csv
+      [[ -f $manifest ]] || "$PY" benchmarks/clip_build_digits_manifest.py --out "$manifest" >&2
+      echo "data.manifest=$PWD/$manifest data.modalities=[image,audio]" ;;
+    *) echo "unknown data set '$1' (builtin | mnist_fsdd)" >&2; exit 2 ;;
+  esac
+}
+
+for set in $SETS; do
+  args=$(data_args "$set")
+  runs=()
+  for recipe in early late progressive; do
+    run_dir=$OUT/$set/$recipe
+    if [[ ! -f $run_dir/best.ckpt ]]; then
+      echo "== training $recipe on $set ($EPOCHS epochs) -> $run_dir"
+      # shellcheck disable=SC2086
+      "$PY" train.py recipe=$recipe $args $MODEL_ARGS trainer.max_epochs=$EPOCHS run_dir=$run_dir \
+        trainer.enable_progress_bar=false 2>&1 | grep -E "run folder|test metrics|Error|error" || true
+    fi
+    runs+=("$run_dir")
+  done
+  echo "== evaluating $set"
+  "$PY" evaluate.py ckpt="$(IFS=,; echo "${runs[*]}")" out_dir="$OUT/$set/report_cpu" device=cpu \
+    threads="$THREADS" iters="$ITERS" variants="$VARIANTS" cache_batches=true 2>&1 | grep -v "^W1\|^W0\|torch._dynamo"
+done
