@@ -78,6 +78,16 @@ class WireCounter:
         self.last_step_collectives = self._collectives
         self._bytes, self._fp32_bytes, self._collectives, self._compressed = 0.0, 0.0, 0, False
 
+    @property
+    def bytes_so_far(self) -> float:
+        """Wire bytes counted so far, including the step in progress."""
+        return self.total_bytes + self._bytes
+
+    @property
+    def collectives_so_far(self) -> int:
+        """Collectives counted so far, including the step in progress."""
+        return self.total_collectives + self._collectives
+
     def summary(self) -> dict[str, float]:
         """Flat metrics: bytes per step and compression against fp32, overall and for compressed steps."""
 
