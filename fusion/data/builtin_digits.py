@@ -11,6 +11,7 @@ their fusion, and a per-sample gate has something to learn.
 from __future__ import annotations
 
 import csv
+import fcntl
 import math
 import os
 import shutil
@@ -79,9 +80,16 @@ def ensure_builtin_digits(root: str | Path | None = None, n_train: int = 3000, n
     root = Path(root) if root else default_root()
     tag = f"v{VERSION}-{n_train}-{n_val}-{n_test}-{seed}"
     manifest = root / "manifest.csv"
-    if (root / "VERSION").exists() and (root / "VERSION").read_text().strip() == tag and manifest.exists():
-        return manifest
     root.parent.mkdir(parents=True, exist_ok=True)
+    # one generator at a time (parallel runs, DDP ranks); the others wait and reuse its result
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "VERSION").exists() or (root / "VERSION").read_text().strip() != tag or not manifest.exists():
+            _generate_atomically(root, tag, n_train, n_val, n_test, seed)
+    return manifest
+
+
+def _generate_atomically(root: Path, tag: str, n_train: int, n_val: int, n_test: int, seed: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
     try:
         _generate(tmp, n_train, n_val, n_test, seed)
@@ -92,7 +100,6 @@ def ensure_builtin_digits(root: str | Path | None = None, n_train: int = 3000, n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
 
 
 def _generate(out: Path, n_train: int, n_val: int, n_test: int, seed: int) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
 
 class LogMel(nn.Module):
-    """Waveform (B, L) -> per-utterance normalised log-mel spectrogram (B, 1, n_mels, frames)."""
+    """Waveform (B, L) -> log-mel spectrogram (B, 1, n_mels, frames), each band mean-normalised over time.
+
+    Per-band mean removal (cepstral-mean-style) takes out channel and speaker spectral tilt.
+    """
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0):
         super().__init__()
@@ -21,9 +25,42 @@ class LogMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.mel(wave.float()) + 1e-6)  # (B, M, T)
-        mean = spec.mean(dim=(1, 2), keepdim=True)
-        std = spec.std(dim=(1, 2), keepdim=True)
-        return ((spec - mean) / (std + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
+        spec = spec - spec.mean(dim=2, keepdim=True)  # per band
+        return (spec / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
+
+
+class SpectrogramAugment(nn.Module):
+    """Training-time augmentation of (B, 1, M, T) spectrograms, drawn per sample.
+
+    Frequency warping (vocal-tract-length style stretch of the mel axis by a factor in 1 +- `warp`), a random
+    time shift of up to `shift` of the frames, and SpecAugment masks (one band of up to `freq_mask` bins, two
+    spans of up to `time_mask` frames).
+    """
+
+    def __init__(self, warp: float = 0.12, shift: float = 0.1, freq_mask: int = 6, time_mask: int = 10):
+        super().__init__()
+        self.warp, self.shift, self.freq_mask, self.time_mask = warp, shift, freq_mask, time_mask
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        b, _, m, t = spec.shape
+        dev = spec.device
+        alpha = 1 + (torch.rand(b, device=dev) * 2 - 1) * self.warp  # (B,)
+        offset = (torch.rand(b, device=dev) * 2 - 1) * self.shift * 2  # (B,) in [-1, 1] grid units
+        ys = torch.linspace(-1, 1, m, device=dev)
+        xs = torch.linspace(-1, 1, t, device=dev)
+        grid_y = ((ys[None, :] + 1) / alpha[:, None] - 1)[:, :, None].expand(b, m, t)  # (B, M, T)
+        grid_x = (xs[None, :] - offset[:, None])[:, None, :].expand(b, m, t)  # (B, M, T)
+        spec = F.grid_sample(spec, torch.stack([grid_x, grid_y], dim=-1), align_corners=True, padding_mode="zeros")
+        bins = torch.arange(m, device=dev)[None, :]
+        frames = torch.arange(t, device=dev)[None, :]
+        f0 = torch.randint(0, m, (b, 1), device=dev)
+        keep = ~((bins >= f0) & (bins < f0 + torch.randint(0, self.freq_mask + 1, (b, 1), device=dev)))  # (B, M)
+        spec = spec * keep[:, None, :, None]
+        for _ in range(2):
+            t0 = torch.randint(0, t, (b, 1), device=dev)
+            keep = ~((frames >= t0) & (frames < t0 + torch.randint(0, self.time_mask + 1, (b, 1), device=dev)))  # (B, T)
+            spec = spec * keep[:, None, None, :]
+        return spec
 
 
 class AudioEncoder(nn.Module):
@@ -34,11 +71,14 @@ class AudioEncoder(nn.Module):
         n_mels: mel bands of the front end.
         out_dim: feature size.
         width: channels of the first conv block (doubled per block).
+        augment: apply SpectrogramAugment in training mode (helps with unseen speakers).
     """
 
-    def __init__(self, sample_rate: int = 8000, n_mels: int = 40, out_dim: int = 128, width: int = 16):
+    def __init__(self, sample_rate: int = 8000, n_mels: int = 40, out_dim: int = 128, width: int = 16,
+                 augment: bool = True):
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels)
+        self.augment = SpectrogramAugment() if augment else None
         layers, channels = [], 1
         for out in (width, width * 2, width * 4):
             layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
@@ -48,11 +88,15 @@ class AudioEncoder(nn.Module):
         self.proj = nn.Linear(channels, out_dim)
         self.out_dim = out_dim
 
+    def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = self.frontend(wave)  # (B, 1, M, T)
+        return self.augment(spec) if self.training and self.augment is not None else spec
+
     def forward_tokens(self, wave: torch.Tensor) -> torch.Tensor:
-        fmap = self.body(self.frontend(wave))  # (B, C, M', T')
+        fmap = self.body(self.spectrogram(wave))  # (B, C, M', T')
         return self.proj(fmap.mean(dim=2).transpose(1, 2))  # (B, T', D)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        fmap = self.body(self.frontend(wave))  # (B, C, M', T')
+        fmap = self.body(self.spectrogram(wave))  # (B, C, M', T')
         pooled = fmap.mean(dim=2)  # (B, C, T')
         return self.proj(torch.maximum(pooled.mean(dim=2), pooled.amax(dim=2)))  # (B, D)

@@ -34,11 +34,12 @@ class ClassificationTask(L.LightningModule):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
+        label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 warmup_epochs: float = 0.5):
+                 warmup_epochs: float = 0.5, label_smoothing: float = 0.1):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
@@ -57,12 +58,13 @@ class ClassificationTask(L.LightningModule):
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         result = self.model.forward_with_details(batch)
         labels = batch["label"]
-        loss = F.cross_entropy(result.logits, labels)
+        smoothing = self.hparams.label_smoothing
+        loss = F.cross_entropy(result.logits, labels, label_smoothing=smoothing)
         unimodal_terms = []
         for m, logits in result.unimodal_logits.items():
             present = batch["mask"][m]
             if bool(present.any()):
-                unimodal_terms.append(F.cross_entropy(logits[present], labels[present]))
+                unimodal_terms.append(F.cross_entropy(logits[present], labels[present], label_smoothing=smoothing))
         total = loss + result.aux_loss
         if unimodal_terms and self.hparams.unimodal_loss_weight:
             total = total + self.hparams.unimodal_loss_weight * torch.stack(unimodal_terms).mean()
