@@ -20,30 +20,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def manifests(realdata: Path | None, out: Path, speakers: list[str], degrade: float) -> dict[str, str | None]:
+def manifests(realdata: Path | None, out: Path, speakers: list[str], degrade: float, degraded_speakers: list[str],
+              images_per_recording: int) -> dict[str, str | None]:
     sets: dict[str, str | None] = {"builtin": None}
     if realdata is None:
         return sets
     for speaker in speakers:
-        for level in (0.0, degrade):
+        for level in (0.0, degrade) if speaker in degraded_speakers else (0.0,):
             name = f"fsdd-{speaker}" + ("-degraded" if level else "")
             path = out / "manifests" / name / "manifest.csv"
             subprocess.run([sys.executable, "-m", "fusion.data.pair_digits", "--images", str(realdata / "mnist"),
                             "--audio", str(realdata / "fsdd" / "recordings"), "--test-speaker", speaker,
-                            "--out", str(path), "--degrade", str(level)], check=True, cwd=REPO)
+                            "--out", str(path), "--degrade", str(level),
+                            "--images-per-recording", str(images_per_recording)], check=True, cwd=REPO)
             sets[name] = str(path)
     return sets
 
 
-def runs(sets: dict[str, str | None], epochs: int) -> list[tuple[str, str, list[str]]]:
+def runs(sets: dict[str, str | None], epochs: int, real_epochs: int) -> list[tuple[str, str, list[str]]]:
     jobs = []
     for data_name, manifest in sets.items():
+        n = epochs if manifest is None else real_epochs
         data = [f"data.manifest={manifest}"] if manifest else []
         modalities = ["image", "audio", "text"] if manifest is None else ["image", "audio"]
         for recipe in ("early", "late", "progressive"):
-            jobs.append((data_name, recipe, [f"recipe={recipe}", *data, f"trainer.max_epochs={epochs}"]))
+            jobs.append((data_name, recipe, [f"recipe={recipe}", *data, f"trainer.max_epochs={n}"]))
         for m in modalities:
-            jobs.append((data_name, f"{m} only", ["recipe=late", *data, f"data.modalities=[{m}]", f"trainer.max_epochs={epochs}"]))
+            jobs.append((data_name, f"{m} only", ["recipe=late", *data, f"data.modalities=[{m}]", f"trainer.max_epochs={n}"]))
     return jobs
 
 
@@ -71,18 +74,21 @@ def main() -> None:
     parser.add_argument("--realdata", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "fusion")
     parser.add_argument("--speakers", nargs="+", default=["theo"], help="test speakers (one run each)")
-    parser.add_argument("--degrade", type=float, default=0.6)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--degraded-speakers", nargs="*", default=["theo"], help="test speakers also run with degraded images")
+    parser.add_argument("--degrade", type=float, default=0.35)
+    parser.add_argument("--images-per-recording", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs on the built-in set")
+    parser.add_argument("--real-epochs", type=int, default=15, help="epochs on MNIST + FSDD")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=None, help="data set names to run (default: all)")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    sets = manifests(args.realdata, args.out, args.speakers, args.degrade)
+    sets = manifests(args.realdata, args.out, args.speakers, args.degrade, args.degraded_speakers, args.images_per_recording)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: train_one(j, args.out, args.extra), runs(sets, args.epochs)))
+        results = list(pool.map(lambda j: train_one(j, args.out, args.extra), runs(sets, args.epochs, args.real_epochs)))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["| data | model | test acc | macro-F1 | fit time (s) |", "|---|---|---|---|---|"]
     for r in results:
