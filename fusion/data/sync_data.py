@@ -48,9 +48,10 @@ class RandomOffsetWindows(Dataset):
     """Training windows: each access draws an offset path and a valid window start."""
 
     def __init__(self, clips: list[dict], window: int, max_offset: int, subframes: int, drift_fraction: float,
-                 min_drift: float, max_drift: float) -> None:
+                 min_drift: float, max_drift: float, flip: bool = True) -> None:
         self.clips, self.window, self.max_offset, self.subframes = clips, window, max_offset, subframes
         self.drift_fraction, self.min_drift, self.max_drift = drift_fraction, min_drift, max_drift
+        self.flip = flip
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -61,7 +62,10 @@ class RandomOffsetWindows(Dataset):
         offsets = sample_offsets(None, self.window, self.max_offset, drift, self.min_drift, self.max_drift)
         lo, hi = valid_window_starts(clip["mouth"].shape[0], self.window, offsets, self.subframes)
         start = int(torch.randint(lo, hi + 1, ()))
-        return window_item(clip, offsets, start, self.max_offset, self.subframes, drift, index)
+        item = window_item(clip, offsets, start, self.max_offset, self.subframes, drift, index)
+        if self.flip and bool(torch.rand(()) < 0.5):
+            item["video"] = item["video"].flip(-1)  # mirrored face: same timing
+        return item
 
 
 class FixedOffsetWindows(Dataset):
@@ -114,6 +118,7 @@ class SyncDataModule(L.LightningDataModule):
         crop_size: side of the square mouth crop.
         mouth_box: (top, left, height, width) of the crop as fractions of the frame.
         on_error: raise | skip (skipped files are listed in <run folder>/skipped_videos.csv).
+        augment: randomly mirror the training mouth crops left-right.
         max_clips: use only the first N files of the sorted list (null = all).
     """
 
@@ -123,7 +128,7 @@ class SyncDataModule(L.LightningDataModule):
                  batch_size: int = 16, num_workers: int = 0, sample_rate: int = 16000, n_mels: int = 40,
                  subframes: int = 4, crop_size: int = 32,
                  mouth_box: tuple[float, float, float, float] | list[float] = DEFAULT_MOUTH_BOX,
-                 on_error: str = "raise", max_clips: int | None = None) -> None:
+                 on_error: str = "raise", augment: bool = True, max_clips: int | None = None) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -138,7 +143,7 @@ class SyncDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.features = {"sample_rate": sample_rate, "n_mels": n_mels, "subframes": subframes,
                          "crop_size": crop_size, "mouth_box": [float(x) for x in mouth_box]}
-        self.on_error, self.max_clips = on_error, max_clips
+        self.on_error, self.max_clips, self.augment = on_error, max_clips, augment
         self.splits: dict[str, list[dict]] = {}
         self.fps: float | None = None
 
@@ -245,7 +250,7 @@ class SyncDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = RandomOffsetWindows(self.splits["train"], self.window, self.max_offset, self.features["subframes"],
-                                   self.drift_fraction, self.min_drift, self.max_drift)
+                                   self.drift_fraction, self.min_drift, self.max_drift, self.augment)
         return DataLoader(data, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                           drop_last=len(data) > self.batch_size, persistent_workers=self.num_workers > 0)
 

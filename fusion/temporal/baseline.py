@@ -1,7 +1,7 @@
 """Cross-correlation sync baseline: mouth motion energy against the audio energy envelope.
 
 The clip-wide offset is the lag k in [-K, K] that maximises the normalised correlation between the mouth-region
-motion energy m(t) = mean |crop_t - crop_{t-1}| and the audio log-energy at frame t + k (the classic
+motion energy m(t) (mean absolute frame difference around t) and the audio log-energy at frame t + k (the classic
 "energy correlation" detector that learned models such as SyncNet are compared with).
 """
 
@@ -11,10 +11,16 @@ import torch
 
 
 def mouth_motion_energy(mouth: torch.Tensor) -> torch.Tensor:
-    """Mean absolute frame difference of the mouth crops: (T, h, w) -> (T,), first frame repeats the second."""
+    """Centred mean absolute frame difference of the mouth crops: (T, h, w) -> (T,).
+
+    m(t) averages |crop_t - crop_{t-1}| and |crop_{t+1} - crop_t| so that it is not shifted by half a frame.
+    """
     frames = mouth.float()
-    diff = (frames[1:] - frames[:-1]).abs().flatten(1).mean(1)  # (T-1,)
-    return torch.cat([diff[:1], diff]) if diff.numel() else torch.zeros(frames.shape[0])
+    if frames.shape[0] < 2:
+        return torch.zeros(frames.shape[0])
+    diff = (frames[1:] - frames[:-1]).abs().flatten(1).mean(1)  # (T-1,) change between t-1 and t
+    padded = torch.cat([diff[:1], diff, diff[-1:]])  # (T+1,)
+    return 0.5 * (padded[:-1] + padded[1:])
 
 
 def audio_energy_envelope(audio: torch.Tensor, subframes: int) -> torch.Tensor:
