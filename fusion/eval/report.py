@@ -100,6 +100,10 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
         md += _robustness_table(report["robustness"])
     if report.get("skipped"):
         md += ["", "## Not evaluated", ""] + [f"- {key}: {why}" for key, why in report["skipped"].items()]
+    try:
+        plot_pareto(rows, paths["png"], title=", ".join(str(machine[k]) for k in ("gpu", "cpu") if k in machine))
+    except ImportError as err:  # matplotlib absent: the table and JSON are still complete
+        md += ["", f"(pareto.png not written: {err})"]
+        del paths["png"]
     paths["md"].write_text("\n".join(md) + "\n")
-    plot_pareto(rows, paths["png"], title=str(machine.get("cpu", "")))
     return paths

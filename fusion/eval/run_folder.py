@@ -120,9 +120,31 @@ def load_run(path: str | Path) -> LoadedRun:
 BATCH_CACHE_NAME = "test_batches.pt"
 
 
+PCM16_KEY = "__pcm16__"
+
+
+def _pack(value: object) -> object:
+    """Float tensors that are exactly 16-bit PCM samples (k / 32768) are stored as int16: lossless, half the size."""
+    if isinstance(value, dict):
+        return {key: _pack(item) for key, item in value.items()}
+    if isinstance(value, torch.Tensor) and value.dtype == torch.float32 and value.numel():
+        scaled = value * 32768.0
+        if bool((scaled == scaled.round()).all()) and float(scaled.abs().max()) <= 32767:
+            return {PCM16_KEY: scaled.to(torch.int16)}
+    return value
+
+
+def _unpack(value: object) -> object:
+    if isinstance(value, dict):
+        if PCM16_KEY in value:
+            return value[PCM16_KEY].float() / 32768.0
+        return {key: _unpack(item) for key, item in value.items()}
+    return value
+
+
 def save_batch_cache(batches: list[dict], data_config: dict, path: Path) -> None:
     """Stores decoded test batches (plain tensors) so evaluation can run where the media or decoders are absent."""
-    torch.save({"data": data_config, "batches": batches}, path)
+    torch.save({"data": data_config, "batches": [_pack(batch) for batch in batches]}, path)
 
 
 def load_batch_cache(path: Path, data_config: dict) -> list[dict]:
@@ -132,7 +154,7 @@ def load_batch_cache(path: Path, data_config: dict) -> list[dict]:
     cache = torch.load(path, map_location="cpu", weights_only=True)
     if cache["data"] != data_config:
         raise ValueError(f"'{path}' was made from data config {cache['data']}, not {data_config}")
-    return cache["batches"]
+    return [_unpack(batch) for batch in cache["batches"]]
 
 
 def test_data_config(run: LoadedRun, data_overrides: dict) -> dict:

@@ -123,5 +123,5 @@ def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tup
         "rows": rows, "robustness": robustness, "skipped": skipped,
     }
     paths = write_report(report, out_dir)
-    log(f"report: {paths['md']}\n        {paths['json']}\n        {paths['png']}")
+    log("report: " + "\n        ".join(str(path) for path in paths.values()))
     return report, paths

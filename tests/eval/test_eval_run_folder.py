@@ -150,6 +150,8 @@ def test_sweep_over_run_folders_writes_one_report_and_cached_batches_match(tmp_p
     assert parsed["robustness"]["late"]["noise"]["audio"]["effective_robustness"] == 0.0
     assert "effective_robustness" in parsed["robustness"]["early"]["noise"]["image"]
     assert paths["png"].stat().st_size > 0 and "| early | early | fp32 | cpu |" in paths["md"].read_text()
+    stored = torch.load(Path(runs[0]) / "test_batches.pt", weights_only=True)["batches"][0]
+    assert stored["audio"]["__pcm16__"].dtype == torch.int16  # 16-bit WAV samples kept losslessly as int16
     cached, _ = run_sweep(EvalSettings(ckpt=runs[:1], out_dir=str(tmp_path / "cached"), devices=["cpu"],
                                        variants=["fp32"], threads=1, warmup=1, iters=3, batch_sizes=[4],
                                        robustness=False, from_cache=True), log=lambda message: None)
