@@ -12,6 +12,7 @@ optimizer step (an AMP grad scaler then skips it), and every rank keeps its resi
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -31,11 +32,18 @@ class TopKState(HookState):
         ratio: fraction of each bucket's entries sent per step, in (0, 1].
         warmup_steps: dense all-reduce steps before sparsification starts.
         value_dtype: wire type of the values: "fp16", "bf16", "fp32" or "fp64" (rounding error goes to the residual).
+        granularity: "bucket" (the k largest of the whole bucket) or "tensor" (``ceil(ratio * n)`` largest of
+            every gradient tensor; independent of DDP's bucket layout, so a resumed multi-bucket run
+            reproduces an uninterrupted one exactly, at the cost of one top-k kernel per tensor).
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
-                 warmup_steps: int = 0, value_dtype: str = "fp16") -> None:
+                 warmup_steps: int = 0, value_dtype: str = "fp16",
+                 granularity: Literal["bucket", "tensor"] = "bucket") -> None:
         super().__init__(module, process_group)
+        if granularity not in ("bucket", "tensor"):
+            raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {granularity!r}")
+        self.granularity = granularity
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"topk ratio must be in (0, 1], got {ratio}")
         if warmup_steps < 0:
@@ -47,8 +55,20 @@ class TopKState(HookState):
         self.value_dtype = _VALUE_DTYPES[value_dtype]
 
     def k(self, numel: int) -> int:
-        """Entries each rank sends for a bucket of ``numel`` gradients."""
+        """Entries each rank sends for ``numel`` gradients."""
         return min(numel, max(1, math.ceil(self.ratio * numel)))
+
+    def select(self, bucket: dist.GradBucket, corrected: torch.Tensor) -> torch.Tensor:
+        """Indices of the entries to send: top-k of the bucket, or of each of its tensors."""
+        if self.granularity == "bucket":
+            return torch.topk(corrected.abs(), self.k(corrected.numel()), sorted=False).indices  # (k,)
+        picked, offset = [], 0
+        for param in bucket.parameters():
+            size = param.numel()
+            top = torch.topk(corrected[offset:offset + size].abs(), self.k(size), sorted=False).indices
+            picked.append(top + offset)
+            offset += size
+        return torch.cat(picked)  # (k,)
 
 
 def _dense_average(state: TopKState, buffer: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -70,8 +90,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     old_residual = state.residuals.get(bucket)
     corrected = buffer.to(work_dtype)  # (N,)
     corrected = corrected + old_residual if old_residual is not None else corrected.clone()
-    k = state.k(numel)
-    indices = torch.topk(corrected.abs(), k, sorted=False).indices  # (k,)
+    indices = state.select(bucket, corrected)  # (k,)
+    k = indices.numel()
     values = corrected[indices].to(state.value_dtype)  # (k,) as sent
     residual = corrected.index_put((indices,), corrected[indices] - values.to(work_dtype))  # (N,)
     keep = old_residual if old_residual is not None else torch.zeros_like(residual)

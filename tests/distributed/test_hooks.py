@@ -184,7 +184,9 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         "topk_fp16": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO}, torch.float32),
         "resume": {
             "int8": scenario_resume(rank, "int8", {}, bucket_cap_mb=0.001),
-            "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),
+            "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
+            "topk_tensor": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "granularity": "tensor"},
+                                           bucket_cap_mb=0.001),
             "powersgd": scenario_resume(rank, "powersgd", {"rank": 1, "warmup_steps": 2}, None),
         },
         "inf": {name: scenario_inf(rank, name, args) for name, args in
@@ -282,7 +284,7 @@ def test_topk_fp16_values_keep_their_rounding_error(results):
         assert rank_result["topk_fp16"]["summary"]["compressed_compression"] > 0.9 / TOPK_RATIO * 8 / 6 / WORLD
 
 
-@pytest.mark.parametrize("name", ["int8", "topk", "powersgd"])
+@pytest.mark.parametrize("name", ["int8", "topk", "topk_tensor", "powersgd"])
 def test_save_load_next_step_equals_uninterrupted(results, name):
     for rank_result in results:
         run = rank_result["resume"][name]
