@@ -40,6 +40,8 @@ class DecodedVideo:
 def read_video(path: str | Path) -> DecodedVideo:
     """Decodes every video frame (grayscale) and the first audio stream of a file.
 
+    The audio is aligned to the first video frame using the streams' timestamps.
+
     Raises:
         FileNotFoundError / ValueError: naming the file, if it is missing, unreadable, or lacks a stream.
     """
@@ -56,12 +58,18 @@ def read_video(path: str | Path) -> DecodedVideo:
             rate = video_stream.average_rate or video_stream.guessed_rate
             if not rate:
                 raise ValueError(f"video file '{path}': cannot determine the frame rate")
-            frames = [frame.to_ndarray(format="gray") for frame in container.decode(video=0)]
+            frames, video_start = [], None
+            for frame in container.decode(video=0):
+                if video_start is None and frame.time is not None:
+                    video_start = frame.time
+                frames.append(frame.to_ndarray(format="gray"))
         with av.open(str(path)) as container:
             audio_stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="fltp", layout=audio_stream.layout.name, rate=audio_stream.rate)
-            chunks = []
+            chunks, audio_start = [], None
             for frame in container.decode(audio=0):
+                if audio_start is None and frame.time is not None:
+                    audio_start = frame.time
                 for converted in resampler.resample(frame):
                     chunks.append(converted.to_ndarray())
             for converted in resampler.resample(None):
@@ -74,6 +82,12 @@ def read_video(path: str | Path) -> DecodedVideo:
     if not chunks:
         raise ValueError(f"video file '{path}' has no decodable audio")
     audio = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))  # (C, L)
+    # Put the audio on the video's clock: a stream that starts later is padded with silence, earlier is cut.
+    lead = round(((audio_start or 0.0) - (video_start or 0.0)) * sample_rate)
+    if lead > 0:
+        audio = torch.cat([torch.zeros(audio.shape[0], lead), audio], 1)
+    elif lead < 0:
+        audio = audio[:, -lead:]
     return DecodedVideo(torch.from_numpy(np.stack(frames)), float(rate), audio, sample_rate)
 
 

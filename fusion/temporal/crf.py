@@ -3,9 +3,9 @@
 Lafferty et al., "Conditional Random Fields", ICML 2001. Sequences are batch-first, ``emissions`` has shape
 (B, T, K) and ``mask`` (B, T) is right-padded with the first step always on.
 
-The log-partition uses a scaled forward algorithm in probability space (one (B, K) @ (K, K) matmul per
-step, Rabiner 1989 section V.A) with a hand-written backward pass (forward-backward marginals), so no autograd
-graph is built over the time loop. If the scaled recursion under- or overflows (extreme scores), it falls back
+The log-partition uses a scaled forward algorithm in probability space (Rabiner 1989, section V.A) with a
+hand-written backward pass (forward-backward marginals), so no autograd graph is built over the time loop;
+alpha and beta advance together, one batched matmul per step. If the scaled recursion under- or overflows (extreme scores), it falls back
 to the plain log-space recursion. Viterbi decoding backtracks with ``gather`` for the whole batch at once.
 """
 
@@ -44,12 +44,15 @@ def _check_inputs(emissions: Tensor, mask: Tensor | None, num_tags: int) -> Tens
 class _ScaledLogPartition(torch.autograd.Function):
     """log Z via the scaled forward algorithm; gradients are the forward-backward marginals.
 
-    Works time-major, (T, B, K), so every per-step tensor is contiguous and written in place.
+    Works time-major, (T, B, K), so every per-step tensor is contiguous and written in place. When gradients
+    are needed, the backward recursion runs in the same loop as the forward one: each sequence is reversed
+    within its length, which turns beta_t = E (x_{t+1} * beta_{t+1}) into a forward-style recursion, and both
+    are advanced by one (B, 2K) @ (2K, 2K) block-diagonal product per step.
     """
 
     @staticmethod
     def forward(ctx, emissions: Tensor, start: Tensor, trans: Tensor, end: Tensor, mask: Tensor) -> Tensor:
-        batch, steps, _ = emissions.shape
+        batch, steps, num_tags = emissions.shape
         lengths = mask.sum(1)  # (B,)
         emit_max = emissions.amax(-1, keepdim=True)  # (B, T, 1)
         emit_exp = torch.exp(emissions - emit_max).transpose(0, 1).contiguous()  # (T, B, K)
@@ -57,51 +60,58 @@ class _ScaledLogPartition(torch.autograd.Function):
         trans_exp = torch.exp(trans - trans_max)  # (K, K)
         start_max, end_max = start.max(), end.max()
         end_exp = torch.exp(end - end_max)  # (K,)
+        need_grad = any(ctx.needs_input_grad[:4])
 
-        probs = torch.empty_like(emit_exp)  # (T, B, K) normalised forward variables
-        scales = torch.empty(steps, batch, 1, dtype=emissions.dtype, device=emissions.device)  # (T, B, 1)
-        torch.mul(emit_exp[0], torch.exp(start - start_max), out=probs[0])
-        torch.sum(probs[0], -1, keepdim=True, out=scales[0])
-        probs[0].div_(scales[0])
+        time = torch.arange(steps, device=emissions.device)[:, None]  # (T, 1)
+        reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)  # (T, B)
+        sequence = torch.arange(batch, device=emissions.device)[None, :]  # (1, B)
+        rows = 2 if need_grad else 1
+        if need_grad:
+            inputs = torch.cat([emit_exp, emit_exp[reverse, sequence]], -1)  # (T, B, 2K)
+            matrix = torch.block_diag(trans_exp, trans_exp.t())  # (2K, 2K)
+            first = torch.cat([torch.exp(start - start_max), end_exp])  # (2K,)
+        else:
+            inputs, matrix, first = emit_exp, trans_exp, torch.exp(start - start_max)
+        # Left half: normalised alpha_t. Right half (sequence reversed): c_r = x'_r * beta'_r, beta'_r = E c_{r-1}.
+        state = torch.empty_like(inputs)  # (T, B, R*K)
+        before_emission = torch.empty_like(inputs)  # (T, B, R*K): right half holds beta'_r
+        norms = torch.empty(steps, batch, rows, 1, dtype=inputs.dtype, device=inputs.device)  # (T, B, R, 1)
+        torch.mul(inputs[0], first, out=state[0])
+        halves = state.view(steps, batch, rows, num_tags)  # (T, B, R, K) view
+        torch.sum(halves[0], -1, keepdim=True, out=norms[0])
+        halves[0].div_(norms[0])
         for t in range(1, steps):
-            torch.mm(probs[t - 1], trans_exp, out=probs[t])
-            probs[t].mul_(emit_exp[t])
-            torch.sum(probs[t], -1, keepdim=True, out=scales[t])
-            probs[t].div_(scales[t])
+            torch.mm(state[t - 1], matrix, out=before_emission[t])
+            torch.mul(before_emission[t], inputs[t], out=state[t])
+            torch.sum(halves[t], -1, keepdim=True, out=norms[t])
+            halves[t].div_(norms[t])
 
+        probs = halves[:, :, 0]  # (T, B, K)
         valid = mask.to(emissions.dtype)  # (B, T)
-        last = (lengths - 1)[None, :, None].expand(1, batch, probs.shape[-1])  # (1, B, K)
+        last = (lengths - 1)[None, :, None].expand(1, batch, num_tags)  # (1, B, K)
         alpha_last = probs.gather(0, last).squeeze(0)  # (B, K)
         final = (alpha_last * end_exp).sum(-1)  # (B,)
         log_z = (
-            ((scales.squeeze(-1).t().log() + emit_max.squeeze(-1)) * valid).sum(1)
+            ((norms[:, :, 0, 0].t().log() + emit_max.squeeze(-1)) * valid).sum(1)
             + final.log()
             + start_max
             + end_max
             + trans_max * (lengths - 1).to(emissions.dtype)
         )
-        ctx.save_for_backward(probs, emit_exp, trans_exp, end_exp, mask, lengths)
+        if need_grad:
+            beta_rev = before_emission[:, :, num_tags:]  # (T, B, K)
+            beta_rev[0] = end_exp  # beta'_0 = beta_{L-1} = end
+            betas = beta_rev[reverse, sequence]  # (T, B, K), unnormalised
+            ctx.save_for_backward(probs, betas, emit_exp, trans_exp, mask, lengths)
         return log_z
 
     @staticmethod
     def backward(ctx, grad_log_z: Tensor):
-        probs, emit_exp, trans_exp, end_exp, mask, lengths = ctx.saved_tensors
+        probs, betas, emit_exp, trans_exp, mask, lengths = ctx.saved_tensors
         steps, batch, num_tags = probs.shape
-        # Normalised backward variables; beta_t = end_exp for t >= length - 1.
-        betas = torch.empty_like(probs)  # (T, B, K)
-        on_or_after_last = (torch.arange(steps, device=probs.device)[:, None] >= (lengths - 1)[None, :])[:, :, None]
-        end_full = end_exp.expand(batch, num_tags)  # (B, K)
-        betas[steps - 1] = end_full
-        trans_exp_t = trans_exp.t().contiguous()
-        norm = torch.empty(batch, 1, dtype=probs.dtype, device=probs.device)
-        for t in range(steps - 2, -1, -1):
-            nxt = torch.mm(betas[t + 1] * emit_exp[t + 1], trans_exp_t)  # (B, K)
-            nxt.div_(torch.sum(nxt, -1, keepdim=True, out=norm))
-            torch.where(on_or_after_last[t], end_full, nxt, out=betas[t])
-
         valid = mask.t().to(probs.dtype)[:, :, None]  # (T, B, 1)
         unary = probs * betas  # (T, B, K)
-        unary = unary / unary.sum(-1, keepdim=True) * valid  # marginals P(y_t = k)
+        unary = unary / unary.sum(-1, keepdim=True).clamp_min(1e-30) * valid  # marginals P(y_t = k)
         grad = grad_log_z[None, :, None]  # (1, B, 1)
         grad_emissions = (unary * grad).transpose(0, 1)  # (B, T, K)
         grad_start = (unary[0] * grad[0]).sum(0)
@@ -112,7 +122,7 @@ class _ScaledLogPartition(torch.autograd.Function):
             left = probs[:-1]  # (T-1, B, K)   alpha_{t-1}
             right = emit_exp[1:] * betas[1:]  # (T-1, B, K)
             pair_norm = (torch.matmul(left, trans_exp) * right).sum(-1, keepdim=True)  # (T-1, B, 1)
-            weight = valid[1:] * grad / pair_norm
+            weight = valid[1:] * grad / pair_norm.clamp_min(1e-30)
             grad_trans = torch.einsum("tbi,tbj->ij", left * weight, right) * trans_exp
         else:
             grad_trans = torch.zeros_like(trans_exp)

@@ -3,7 +3,13 @@
 import torch
 from conftest import talking_clip
 
-from fusion.temporal.offsets import inject_offset, offset_profile, offsets_to_states, sample_offsets, valid_window_starts
+from fusion.temporal.offsets import (
+    inject_offset,
+    offset_profile,
+    offsets_to_states,
+    sample_offsets,
+    valid_window_starts,
+)
 from fusion.temporal.sync import SyncModel
 
 K, S, MELS, SIZE, WINDOW, FRAMES = 5, 4, 8, 8, 24, 40

@@ -6,6 +6,7 @@ from conftest import BOX, BURST, FPS, FRAMES, HEIGHT, RATE, WIDTH, write_clip
 
 from fusion.data.video_io import crop_mouth, load_sync_clip, log_mel_frames, read_video, to_mono
 
+
 @pytest.mark.parametrize("name,fmt,vcodec,acodec", [("clip.mpg", "mpeg", "mpeg1video", "mp2"),
                                                      ("clip.mp4", "mp4", "mpeg4", "aac")])
 def test_generated_clip_round_trip(tmp_path, name, fmt, vcodec, acodec):
