@@ -60,14 +60,16 @@ class Int8State(HookState):
 def int8_hook(state: Int8State, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """DDP communication hook: int8 all-reduce with agreed scales and error feedback."""
     buffer = bucket.buffer()  # (N,)
-    work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
     world_size, levels = state.world_size, state.levels
-    old_residual = state.residuals.get(bucket) if state.error_feedback else None
-    corrected = buffer.to(work_dtype)  # (N,) gradient + residual
-    corrected = corrected + old_residual if old_residual is not None else corrected.clone()
     if world_size == 1:
         state.finish_bucket(bucket, compressed=True)
         return completed_future(buffer)
+    work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
+    old_residual = state.residuals.get(bucket) if state.error_feedback else None
+    if old_residual is not None:
+        corrected = torch.add(buffer, old_residual)  # (N,) gradient + residual, in work_dtype
+    else:
+        corrected = buffer.to(work_dtype, copy=True)  # (N,)
 
     lengths = state.segment_lengths(bucket)  # (S,)
     absmax = torch.segment_reduce(corrected.abs(), "max", lengths=lengths)  # (S,)
@@ -80,19 +82,18 @@ def int8_hook(state: Int8State, bucket: dist.GradBucket) -> torch.futures.Future
     absmax, overflow = agreed[:-1], agreed[-1] > 0
     scale = torch.where(absmax > 0, absmax / levels, torch.ones_like(absmax))  # (S,)
     scale = torch.repeat_interleave(scale, lengths, output_size=buffer.numel())  # (N,)
-    quantized = torch.round(corrected / scale)  # (N,) integers in [-levels, levels] where finite
-    quantized = torch.where(torch.isfinite(quantized), quantized, 0.0)
+    quantized = torch.div(corrected, scale).round_().nan_to_num_(0.0, 0.0, 0.0)  # (N,) in [-levels, levels]
     if state.error_feedback:
-        residual = corrected - quantized * scale  # (N,)
-        keep = old_residual if old_residual is not None else torch.zeros_like(residual)
+        residual = torch.addcmul(corrected, quantized, scale, value=-1.0)  # (N,) what was not sent
+        keep = old_residual if old_residual is not None else 0.0
         state.residuals.set(bucket, torch.where(overflow, keep, residual))
     summed = quantized.to(torch.int8)  # (N,)
     state.counter.add_allreduce(summed.numel())
 
     def dequantize(future: torch.futures.Future) -> torch.Tensor:
         total = future.value()[0]  # (N,) int8 sum over ranks
-        average = total.to(work_dtype) * (scale / world_size)  # (N,)
-        average = average + torch.where(overflow, float("nan"), 0.0)  # inf/NaN anywhere -> NaN bucket
+        average = total.to(work_dtype).mul_(scale).div_(world_size)  # (N,)
+        average.masked_fill_(overflow, float("nan"))  # inf/NaN on any rank -> NaN bucket everywhere
         return average.to(buffer.dtype)
 
     future = dist.all_reduce(summed, group=state.group, async_op=True).get_future()
