@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Sequence
 
@@ -30,7 +31,6 @@ def machine_info(devices: Sequence[str]) -> dict[str, str]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    import os
 
     info = {
         "cpu": cpu,
@@ -38,6 +38,8 @@ def machine_info(devices: Sequence[str]) -> dict[str, str]:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if hasattr(os, "getloadavg"):  # other processes competing for the CPU inflate CPU latencies
+        info["load_average_1_5_15min"] = " ".join(f"{load:.1f}" for load in os.getloadavg())
     for device in devices:
         if torch.device(device).type == "cuda":
             info["gpu"] = torch.cuda.get_device_name(torch.device(device))
