@@ -51,7 +51,8 @@ def sync_report(paths: torch.Tensor, truth: torch.Tensor, drift: torch.Tensor, b
 
     Returns:
         Constant-offset windows, clip-wide estimate (median of the path): ``offset_mae_ms``, ``within_40ms``,
-        ``within_window``; the same per frame under ``frame/``; drift windows per frame under ``drift/``;
+        ``within_window``; the same per frame under ``frame/``; drift windows per frame under ``drift/``
+        (and under ``drift_heard/`` only the frames whose sound falls inside the window);
         the cross-correlation baseline under ``baseline/`` (constant) and ``baseline_drift/`` (per frame).
     """
     drift = drift.bool()
@@ -64,6 +65,13 @@ def sync_report(paths: torch.Tensor, truth: torch.Tensor, drift: torch.Tensor, b
         metrics |= offset_errors(baseline[constant].float(), true_clip, fps, "baseline/")
     if drift.any():
         metrics |= offset_errors(paths[drift], truth[drift], fps, "drift/")
+        # Frames whose sound is heard inside the window: elsewhere the audio stream carries no evidence.
+        steps = truth.shape[1]
+        lengths = (~paths.isnan()).sum(1, keepdim=True)  # (N, 1)
+        heard_at = torch.arange(steps)[None, :] + truth.round()  # (N, T)
+        heard = (heard_at >= 0) & (heard_at < lengths)
+        metrics |= offset_errors(paths[drift].masked_fill(~heard[drift], float("nan")), truth[drift], fps,
+                                 "drift_heard/")
         flat_baseline = baseline[drift].float()[:, None].expand_as(truth[drift])
         metrics |= offset_errors(flat_baseline, truth[drift], fps, "baseline_drift/")
     return metrics

@@ -81,6 +81,8 @@ def test_offset_errors_and_report_values():
     assert report["offset_mae_ms"] == 0.0 and report["within_40ms"] == 1.0  # median of (2, 2, 3)
     assert report["frame/offset_mae_ms"] == pytest.approx(40.0 / 3)
     assert report["drift/offset_mae_ms"] == pytest.approx(10.0)
+    # Drift row: frames 2 and 3 (truth 2) are heard at frames 4 and 5, past the window of 4 frames.
+    assert report["drift_heard/count"] == 2.0 and report["drift_heard/offset_mae_ms"] == 0.0
     assert report["baseline/offset_mae_ms"] == pytest.approx(80.0)
     assert report["baseline_drift/offset_mae_ms"] == pytest.approx((1 + 0 + 1 + 1) / 4 * 40.0)
 
