@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--int8-args", nargs="*", default=["granularity=tensor"])
+    parser.add_argument("--int8-args", nargs="*", default=["granularity=block"])
     parser.add_argument("--topk-args", nargs="*", default=["ratio=0.001", "warmup_steps=10"])
     parser.add_argument("--powersgd-args", nargs="*", default=["rank=2", "warmup_steps=10"])
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")

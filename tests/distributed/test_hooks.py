@@ -105,7 +105,11 @@ def scenario_recorded(rank: int, name: str, args: dict, dtype: torch.dtype, step
     for call in recorder.calls:
         corrected = call["input"].to(dtype) + (call["old"] if call["old"] is not None else 0)
         call["exact"] = reduced_mean(call["input"].double())
-        agreed = torch.stack([piece.abs().max() for piece in corrected.split(call["sizes"])])
+        block = args.get("block_size", 512)
+        groups = ([piece for size in call["sizes"] for piece in [block] * (size // block) + [size % block] if piece]
+                  if name == "int8" and args.get("granularity", "block") == "block" else call["sizes"])
+        call["groups"] = groups
+        agreed = torch.stack([piece.abs().max() for piece in corrected.split(groups)])
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
         call["agreed_max"] = agreed
         sent = corrected - call["new"] if call["new"] is not None else None
@@ -176,14 +180,15 @@ def scenario_accumulation(rank: int, name: str, args: dict) -> dict:
 def run_scenarios(rank: int, world: int, out_dir: str) -> None:
     results = {
         "exact": scenario_exact(rank),
-        "int8": scenario_recorded(rank, "int8", {}, torch.float32),
-        "int8_f64": scenario_recorded(rank, "int8", {}, torch.float64),
+        "int8": scenario_recorded(rank, "int8", {"granularity": "tensor"}, torch.float32),
+        "int8_f64": scenario_recorded(rank, "int8", {"granularity": "tensor"}, torch.float64),
+        "int8_block_f64": scenario_recorded(rank, "int8", {"block_size": 16}, torch.float64),
         "int8_bucket_f64": scenario_recorded(rank, "int8", {"granularity": "bucket"}, torch.float64),
         "topk": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64"},
                                   torch.float64),
         "topk_fp16": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO}, torch.float32),
         "resume": {
-            "int8": scenario_resume(rank, "int8", {}, bucket_cap_mb=0.001),
+            "int8": scenario_resume(rank, "int8", {"block_size": 64}, bucket_cap_mb=0.001),
             "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
             "topk_tensor": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "granularity": "tensor"},
                                            bucket_cap_mb=0.001),
@@ -233,8 +238,8 @@ def test_int8_within_quantization_bound_of_exact_average(results):
 
 def _lattice_checks(calls: list[dict], levels: int, granularity: str) -> None:
     for call in calls:
-        sizes = call["sizes"] if granularity == "tensor" else [sum(call["sizes"])]
-        agreed = call["agreed_max"] if granularity == "tensor" else call["agreed_max"].max().reshape(1)
+        sizes = call["groups"] if granularity != "bucket" else [sum(call["sizes"])]
+        agreed = call["agreed_max"] if granularity != "bucket" else call["agreed_max"].max().reshape(1)
         scale = torch.repeat_interleave(agreed / levels, torch.tensor(sizes))  # (N,)
         units = call["sent"] / scale
         # what was sent lies on the shared lattice, and sent + new residual = gradient + old residual
@@ -251,6 +256,9 @@ def test_int8_error_feedback_invariant_float64(results):
         assert any(c["old"] is not None and c["old"].abs().max() > 0 for c in calls)  # residual is carried
         _lattice_checks(calls, 127 // WORLD, "tensor")
         _lattice_checks(rank_result["int8_bucket_f64"]["calls"], 127 // WORLD, "bucket")
+        block_calls = rank_result["int8_block_f64"]["calls"]
+        assert any(len(c["groups"]) > len(c["sizes"]) for c in block_calls)  # tensors were split into blocks
+        _lattice_checks(block_calls, 127 // WORLD, "block")
 
 
 def test_topk_sends_exactly_k_per_rank_and_keeps_the_rest(results):
