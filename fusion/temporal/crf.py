@@ -241,13 +241,17 @@ class LinearChainCRF(nn.Module):
         raise ValueError(f"reduction must be none|sum|mean|token_mean, got {reduction!r}")
 
     @torch.no_grad()
-    def decode(self, emissions: Tensor, mask: Tensor | None = None, pad_value: int = -1) -> tuple[Tensor, Tensor]:
+    def decode(self, emissions: Tensor, mask: Tensor | None = None, pad_value: int = -1,
+               store_backpointers: bool | None = None) -> tuple[Tensor, Tensor]:
         """Viterbi decoding for the whole batch.
 
         Args:
             emissions: (B, T, K).
             mask: (B, T) bool, right-padded.
             pad_value: value written at padded steps of the returned paths.
+            store_backpointers: keep the argmax of every step (one gather per step when backtracking) instead
+                of recomputing it along the chosen path. None: on CUDA, where an argmax costs no more than a
+                max; on the CPU a max over the outer dimension is much cheaper without the argmax.
 
         Returns:
             paths: (B, T) LongTensor of best tags, ``pad_value`` after each sequence's end.
@@ -258,26 +262,41 @@ class LinearChainCRF(nn.Module):
         batch, steps, num_tags = emissions.shape
         trans = self.effective_transitions().float()
         lengths = mask.sum(1)
+        if store_backpointers is None:
+            store_backpointers = emissions.is_cuda
 
         # Forward max-sum pass, tag-major (T, K, B): the max over the previous tag runs over the outermost
-        # dimension, which is vectorised; backpointers are recovered only along the chosen path.
+        # dimension, which is vectorised.
         emissions_tm = emissions.permute(1, 2, 0).contiguous()  # (T, K, B)
         trans_ij = trans[:, :, None]  # (K_prev, K_next, 1)
         score = emissions_tm[0] + self.start_transitions.float()[:, None]  # (K, B)
-        history = [score]
+        history, pointers = [score], []
         for t in range(1, steps):
-            score = torch.amax(score[:, None, :] + trans_ij, 0).add_(emissions_tm[t])  # (K, B)
+            if store_backpointers:
+                best, best_prev = (score[:, None, :] + trans_ij).max(0)  # (K, B), (K, B)
+                score = best.add_(emissions_tm[t])
+                pointers.append(best_prev)
+            else:
+                score = torch.amax(score[:, None, :] + trans_ij, 0).add_(emissions_tm[t])  # (K, B)
             history.append(score)
         scores = torch.stack(history).permute(0, 2, 1)  # (T, B, K) best score of a path ending in each tag
         final = scores.gather(0, (lengths - 1)[None, :, None].expand(1, batch, num_tags)).squeeze(0)  # (B, K)
         current = (final + self.end_transitions.float()).argmax(-1, keepdim=True)  # (B, 1)
-        trans_into = trans.t().contiguous()  # (K_next, K_prev)
-        inside = mask.t()[:, :, None]  # (T, B, 1)
+        inside = mask.t()  # (T, B)
         path = [current]
-        for t in range(steps - 1, 0, -1):
-            previous = (scores[t - 1] + trans_into[current.squeeze(1)]).argmax(-1, keepdim=True)  # (B, 1)
-            # Before a sequence's last step is reached, keep its final tag (padded steps are masked below).
-            current = torch.where(inside[t], previous, current)
-            path.append(current)
+        if store_backpointers and steps > 1:
+            # Padded steps point to themselves, so backtracking from T-1 passes through them unchanged.
+            stay = torch.arange(num_tags, device=emissions.device)[None, :, None]  # (1, K, 1)
+            table = torch.where(inside[1:, None, :], torch.stack(pointers), stay).transpose(1, 2)  # (T-1, B, K)
+            for t in range(steps - 2, -1, -1):
+                current = table[t].gather(1, current)  # (B, 1) tag at step t
+                path.append(current)
+        else:
+            trans_into = trans.t().contiguous()  # (K_next, K_prev)
+            for t in range(steps - 1, 0, -1):
+                previous = (scores[t - 1] + trans_into[current.squeeze(1)]).argmax(-1, keepdim=True)  # (B, 1)
+                # Before a sequence's last step is reached, keep its final tag (padded steps are masked below).
+                current = torch.where(inside[t, :, None], previous, current)
+                path.append(current)
         paths = torch.cat(path[::-1], dim=1)  # (B, T)
         return paths.masked_fill(~mask, pad_value), lengths

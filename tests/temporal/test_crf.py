@@ -46,11 +46,12 @@ def test_log_likelihood_and_gradients_match_pytorch_crf(seed, batch, steps, tags
         torch.testing.assert_close(getattr(ours, name).grad, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("store_backpointers", [False, True])
 @pytest.mark.parametrize("seed,batch,steps,tags", [(0, 9, 17, 6), (4, 4, 1, 3), (5, 32, 60, 31)])
-def test_viterbi_matches_pytorch_crf(seed, batch, steps, tags):
+def test_viterbi_matches_pytorch_crf(seed, batch, steps, tags, store_backpointers):
     ours, ref = paired(tags, seed)
     emissions, _, mask = random_case(seed, batch, steps, tags)
-    paths, lengths = ours.decode(emissions, mask)
+    paths, lengths = ours.decode(emissions, mask, store_backpointers=store_backpointers)
     assert paths.dtype == torch.long and paths.shape == (batch, steps)
     assert lengths.tolist() == mask.sum(1).tolist()
     expected = ref.decode(emissions, mask)
@@ -78,6 +79,7 @@ def test_constrained_transitions_against_enumeration():
     emissions, _, mask = random_case(7, 3, 5, 4, scale=3.0)
     log_z = crf.log_partition(emissions, mask)
     paths, lengths = crf.decode(emissions, mask)
+    assert torch.equal(crf.decode(emissions, mask, store_backpointers=True)[0], paths)
     for i in range(3):
         expected_z, expected_path = brute_force(crf, emissions[i], int(lengths[i]))
         assert log_z[i].item() == pytest.approx(expected_z, abs=1e-4)
