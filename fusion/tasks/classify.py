@@ -8,7 +8,9 @@ import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
 
+from fusion.checkpoints import load_checkpoint_file
 from fusion.model import FusionModel
+from fusion.tasks.gate_calibration import calibrate_gates
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0) -> FusionModel:
@@ -35,11 +37,15 @@ class ClassificationTask(L.LightningModule):
         weight_decay: AdamW weight decay.
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
+        gate_calibration_epochs: after fitting, fit only the gates on the val split for this many epochs
+            (0 = off); the calibrated weights replace best.ckpt. See fusion/tasks/gate_calibration.py.
+        gate_calibration_lr: learning rate of the gate calibration.
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 warmup_epochs: float = 0.5, label_smoothing: float = 0.1):
+                 warmup_epochs: float = 0.5, label_smoothing: float = 0.1, gate_calibration_epochs: int = 0,
+                 gate_calibration_lr: float = 3e-3):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
@@ -89,6 +95,20 @@ class ClassificationTask(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_fit_end(self) -> None:
+        """Optional held-out gate calibration on the best weights; rewrites the best checkpoint."""
+        if not self.hparams.gate_calibration_epochs:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else ""
+        if best:
+            self.load_state_dict(load_checkpoint_file(best)["state_dict"])
+        losses = calibrate_gates(self.model, self.trainer.datamodule.val_dataloader(), self.hparams.gate_calibration_epochs,
+                                 self.hparams.gate_calibration_lr, self.hparams.label_smoothing)
+        print(f"[gate calibration] val loss per epoch: {[round(x, 4) for x in losses]}")
+        if best:
+            self.trainer.save_checkpoint(best)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
