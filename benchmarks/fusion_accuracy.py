@@ -20,19 +20,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+FSDD_SPEAKERS = ["jackson", "nicolas", "theo", "yweweler"]
+
+
 def manifests(realdata: Path | None, out: Path, speakers: list[str], degrade: float, degraded_speakers: list[str],
-              images_per_recording: int) -> dict[str, str | None]:
+              images_per_recording: int, held_out_val: bool) -> dict[str, str | None]:
+    """Data set name -> manifest (None = built-in). With `held_out_val`, val is a speaker not in train."""
     sets: dict[str, str | None] = {"builtin": None}
     if realdata is None:
         return sets
     for speaker in speakers:
+        val_speaker = FSDD_SPEAKERS[(FSDD_SPEAKERS.index(speaker) + 1) % len(FSDD_SPEAKERS)] if held_out_val else None
         for level in (0.0, degrade) if speaker in degraded_speakers else (0.0,):
-            name = f"fsdd-{speaker}" + ("-degraded" if level else "")
+            name = f"fsdd-{speaker}" + ("-degraded" if level else "") + (f"-val-{val_speaker}" if val_speaker else "")
             path = out / "manifests" / name / "manifest.csv"
-            subprocess.run([sys.executable, "-m", "fusion.data.pair_digits", "--images", str(realdata / "mnist"),
-                            "--audio", str(realdata / "fsdd" / "recordings"), "--test-speaker", speaker,
-                            "--out", str(path), "--degrade", str(level),
-                            "--images-per-recording", str(images_per_recording)], check=True, cwd=REPO)
+            cmd = [sys.executable, "-m", "fusion.data.pair_digits", "--images", str(realdata / "mnist"),
+                   "--audio", str(realdata / "fsdd" / "recordings"), "--test-speaker", speaker, "--out", str(path),
+                   "--degrade", str(level), "--images-per-recording", str(images_per_recording)]
+            subprocess.run(cmd + (["--val-speaker", val_speaker] if val_speaker else []), check=True, cwd=REPO)
             sets[name] = str(path)
     return sets
 
@@ -85,15 +90,20 @@ def main() -> None:
     parser.add_argument("--real-epochs", type=int, default=15, help="epochs on MNIST + FSDD")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=None, help="data set names to run (default: all)")
+    parser.add_argument("--models", nargs="*", default=None, help="models to run, e.g. late progressive 'image only'")
+    parser.add_argument("--held-out-val", action="store_true",
+                        help="val split = another speaker (for held-out gate calibration: model.gate_calibration_epochs=N)")
     parser.add_argument("--real-extra", nargs="*", default=[], help="extra Hydra overrides for MNIST + FSDD runs")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    sets = manifests(args.realdata, args.out, args.speakers, args.degrade, args.degraded_speakers, args.images_per_recording)
+    sets = manifests(args.realdata, args.out, args.speakers, args.degrade, args.degraded_speakers,
+                     args.images_per_recording, args.held_out_val)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
+    jobs = [j for j in runs(sets, args.epochs, args.real_epochs) if args.models is None or j[1] in args.models]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: train_one(j, args.out, args.extra, args.real_extra), runs(sets, args.epochs, args.real_epochs)))
+        results = list(pool.map(lambda j: train_one(j, args.out, args.extra, args.real_extra), jobs))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     lines = ["| data | model | test acc | macro-F1 | fit time (s) |", "|---|---|---|---|---|"]
     for r in results:
