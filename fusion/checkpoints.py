@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,8 +15,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, truncated, or carries pickled code; the message names the file."""
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
-    """Loads a checkpoint with `weights_only=True` on the CPU.
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Loads a checkpoint with `weights_only=True` (on the CPU unless `map_location` says otherwise).
 
     Raises:
         CheckpointError: naming the file, if it is missing, truncated/corrupt, or not weights-only.
@@ -24,7 +25,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist or is not a file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint '{path}' was refused: it carries objects other than tensors and plain containers "
@@ -55,3 +56,37 @@ def load_matching_weights(module: nn.Module, path: str | Path) -> dict[str, list
     return {"loaded": sorted(loaded),
             "skipped_shape": sorted(k for k in state if k in own and k not in loaded),
             "missing": sorted(k for k in own if k not in state)}
+
+
+RESUME_KEYS = ("state_dict", "loops", "optimizer_states", "global_step", "epoch")
+
+
+def check_resume_checkpoint(module: nn.Module, path: str | Path) -> dict:
+    """Checks, before Lightning touches it, that `path` is a full training checkpoint of this model.
+
+    Returns:
+        The loaded checkpoint.
+
+    Raises:
+        CheckpointError: naming the file, if it cannot be read safely, is a weights-only file (use init_from),
+            or its weights do not fit `module` (other recipe, other data modalities or classes).
+    """
+    data = load_checkpoint_file(path)
+    missing = [k for k in RESUME_KEYS if k not in data]
+    if missing:
+        raise CheckpointError(f"ckpt_path '{path}' is not a full training checkpoint (missing {missing}); "
+                              "to start a new run from its weights use init_from= instead")
+    state = data["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"ckpt_path '{path}': 'state_dict' is not a dict of tensors")
+    own = module.state_dict()
+    absent = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    reshaped = sorted(k for k in own if k in state and tuple(getattr(state[k], 'shape', ())) != tuple(own[k].shape))
+    if absent or unexpected or reshaped:
+        details = "; ".join(f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}" for name, keys in
+                            (("not in the file", absent), ("not in the model", unexpected),
+                             ("other shape", reshaped)) if keys)
+        raise CheckpointError(f"ckpt_path '{path}' does not match this model ({details}); resume with the "
+                              "recipe and data it was trained with, or fine-tune with init_from=")
+    return data

@@ -13,7 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fusion.checkpoints import load_matching_weights
+from fusion.checkpoint_io import build_checkpoint_io
+from fusion.checkpoints import check_resume_checkpoint, load_matching_weights
+from fusion.faults import CollectiveTimeout, explain_peer_failures
+from fusion.resume import ExactResumeCallback, make_train_loader_resumable
 
 
 def build_strategy(cfg: DictConfig):
@@ -28,11 +31,14 @@ def build_strategy(cfg: DictConfig):
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
-                           save_top_k=1, save_last=True, auto_insert_metric_name=False)
-    callbacks = [best]
+                           save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks = [best, ExactResumeCallback()]
     if cfg.get("checkpoint_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir, filename="step", save_top_k=1, save_last=True,
-                                         every_n_train_steps=int(cfg.checkpoint_every_n_steps)))
+                                         every_n_train_steps=int(cfg.checkpoint_every_n_steps),
+                                         enable_version_counter=False))
+    if cfg.get("ddp_timeout_s"):
+        callbacks.append(CollectiveTimeout(float(cfg.ddp_timeout_s)))
     return callbacks
 
 
@@ -56,21 +62,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.prepare(run_dir)
+    make_train_loader_resumable(datamodule, int(cfg.seed))
     task = instantiate(cfg.model, data_spec=datamodule.spec, _recursive_=False, _convert_="all")
     if cfg.get("init_from"):
         report = load_matching_weights(task, cfg.init_from)
         print(f"[init_from] loaded {len(report['loaded'])} tensors from {cfg.init_from}; "
               f"re-initialised {len(report['skipped_shape'])} with other shapes, {len(report['missing'])} not in it")
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(task, cfg.ckpt_path)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)},
                         default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
-                        logger=CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+                        logger=CSVLogger(save_dir=str(run_dir), name="logs", version=""),
+                        plugins=[build_checkpoint_io(str(cfg.get("checkpoint_io", "async")))])
     if trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with explain_peer_failures(trainer, run_dir):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    with explain_peer_failures(trainer, run_dir):
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
     metrics["fit_seconds"] = round(fit_seconds, 2)
     if trainer.is_global_zero:
