@@ -10,6 +10,7 @@ implementations inside one loop and reporting medians.
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -17,6 +18,16 @@ import time
 import torch
 
 from fusion.temporal.crf import LinearChainCRF
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _sync(device: torch.device) -> None:
@@ -91,11 +102,12 @@ def main() -> None:
                 timings[k].append(v)
 
     med = {k: statistics.median(v) for k, v in timings.items()}
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     result = {
         "device": str(device),
         "card": card,
         "threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "shape": [args.batch, args.steps, args.tags],
         "repeats": args.repeats,

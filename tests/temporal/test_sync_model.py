@@ -1,5 +1,6 @@
 """SyncModel on generated streams: shapes and gradients, and learning a known offset and a known drift."""
 
+import pytest
 import torch
 from conftest import talking_clip
 
@@ -52,7 +53,16 @@ def test_shapes_gradients_and_padding():
     assert paths[~paths.isnan()].abs().max() <= K
 
 
-def test_learns_known_constant_offset_and_drift():
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: faster for these tiny ops on a shared machine, and the same float order everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_learns_known_constant_offset_and_drift(single_thread):
     torch.manual_seed(0)
     train_clips = [talking_clip(100 + s, FRAMES, S, MELS, SIZE) for s in range(32)]
     model = small_model()
