@@ -21,7 +21,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from fusion.checkpoints import CheckpointError, load_checkpoint_file
+from fusion.checkpoints import CHECKSUM_KEY, CheckpointError, load_checkpoint_file, tensor_checksum
 
 TEMP_SUFFIX = ".tmp"
 
@@ -70,8 +70,13 @@ def _process_alive(pid: int) -> bool:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` that never leaves a partial file at `path` (temp file, fsync, rename, fsync folder)."""
+    """`torch.save` that never leaves a partial file at `path` (temp file, fsync, rename, fsync folder).
+
+    A dict gets a CRC32 of its tensors (`CHECKSUM_KEY`), checked by `fusion.checkpoints.load_checkpoint_file`.
+    """
     path = Path(path)
+    if isinstance(obj, dict):
+        obj = {**obj, CHECKSUM_KEY: tensor_checksum(obj)}
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
     tmp = temp_path_for(path)

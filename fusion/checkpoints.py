@@ -3,16 +3,44 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+CHECKSUM_KEY = "tensor_crc32"
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, truncated, or carries pickled code; the message names the file."""
+
+
+def tensor_checksum(obj: Any) -> int:
+    """CRC32 over the bytes of every tensor in a nested dict/list/tuple, in a fixed order (keys sorted).
+
+    torch.load checks the zip structure but not the tensor bytes, so flipped bits in a stored tensor would
+    load silently; files written by `fusion.checkpoint_io` carry this checksum and are verified on load.
+    """
+    crc = 0
+
+    def visit(value: Any, where: str) -> None:
+        nonlocal crc
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            crc = zlib.crc32(f"{where}:{value.dtype}:{tuple(value.shape)}".encode(), crc)
+            crc = zlib.crc32(data, crc)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key != CHECKSUM_KEY:
+                    visit(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{where}/{i}")
+
+    visit(obj, "")
+    return crc
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -30,11 +58,16 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(
             f"checkpoint '{path}' was refused: it carries objects other than tensors and plain containers "
             f"(pickled code is never executed). Details: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # torch raises RuntimeError, EOFError, IndexError, KeyError ... on damaged files
         raise CheckpointError(f"checkpoint '{path}' is truncated or corrupt and cannot be read ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'no details'})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint '{path}' does not hold a dict of weights")
+    if CHECKSUM_KEY in data:
+        stored, actual = data.pop(CHECKSUM_KEY), tensor_checksum(data)
+        if stored != actual:
+            raise CheckpointError(f"checkpoint '{path}' is corrupt: its tensors do not match the checksum written "
+                                  f"with them (stored {stored:#010x}, computed {actual:#010x})")
     return data
 
 
