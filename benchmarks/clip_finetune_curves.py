@@ -1,11 +1,13 @@
-"""Compares validation curves of fusion runs fine-tuned from aligned towers and trained from scratch.
+"""Compares learning curves of fusion runs fine-tuned from aligned towers and trained from scratch.
 
-Reads ``<run>/logs/metrics.csv`` (written by train.py's CSVLogger) of two or more runs, prints a markdown
-table of the per-epoch metric, the first epoch at which each run reaches a target (by default 98 % of the
-best value any run reached) and the test metrics from ``metrics.json``; optionally saves a plot.
+Reads ``<run>/logs/metrics.csv`` (written by train.py's CSVLogger) of two or more runs and prints a
+markdown table of a metric per epoch (or per logged step), the first point at which each run reaches a
+target (by default 98 % of the best value any run reached; for ``--lower-is-better`` 102 % of the lowest)
+and ``test/acc`` from ``metrics.json``; optionally saves a plot.
 
     python benchmarks/clip_finetune_curves.py --run scratch=checkpoints/progressive/scratch \
-        --run aligned=checkpoints/progressive/from_clip --plot benchmarks/clip_finetune_curves.png
+        --run aligned=checkpoints/progressive/aligned --plot benchmarks/clip_finetune_curves.png
+    python benchmarks/clip_finetune_curves.py ... --metric train/loss_step --axis step --lower-is-better
 """
 
 from __future__ import annotations
@@ -16,24 +18,26 @@ import json
 from pathlib import Path
 
 
-def read_curve(run_dir: Path, metric: str) -> list[float]:
-    """Per-epoch values of ``metric`` (in epoch order) from a run's CSV log."""
+def read_curve(run_dir: Path, metric: str, axis: str = "epoch") -> dict[int, float]:
+    """``{x: value}`` of ``metric`` from a run's CSV log; x is the epoch (1-based) or the step."""
     log = run_dir / "logs" / "metrics.csv"
     if not log.is_file():
         raise FileNotFoundError(f"no CSV log at '{log}' (is '{run_dir}' a train.py run folder?)")
-    by_epoch: dict[int, float] = {}
+    curve: dict[int, float] = {}
     with open(log, newline="") as f:
         for row in csv.DictReader(f):
-            if row.get(metric) not in (None, "") and row.get("epoch") not in (None, ""):
-                by_epoch[int(float(row["epoch"]))] = float(row[metric])
-    if not by_epoch:
+            if row.get(metric) not in (None, "") and row.get(axis) not in (None, ""):
+                x = int(float(row[axis])) + (1 if axis == "epoch" else 0)
+                curve[x] = float(row[metric])
+    if not curve:
         raise ValueError(f"'{log}' has no values of '{metric}'")
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    return dict(sorted(curve.items()))
 
 
-def first_epoch_reaching(curve: list[float], target: float) -> int | None:
-    """1-based epoch at which the curve first reaches ``target`` (None if never)."""
-    return next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+def first_reaching(curve: dict[int, float], target: float, lower_is_better: bool = False) -> int | None:
+    """First x at which the curve reaches ``target`` (None if never)."""
+    hits = (v <= target if lower_is_better else v >= target for v in curve.values())
+    return next((x for x, hit in zip(curve, hits, strict=True) if hit), None)
 
 
 def main() -> None:
@@ -42,7 +46,9 @@ def main() -> None:
     )
     parser.add_argument("--run", action="append", required=True, help="name=run_folder (repeatable)")
     parser.add_argument("--metric", default="val/acc")
-    parser.add_argument("--target", type=float, default=None, help="default: 98%% of the best value seen")
+    parser.add_argument("--axis", choices=["epoch", "step"], default="epoch")
+    parser.add_argument("--lower-is-better", action="store_true", help="e.g. for a loss")
+    parser.add_argument("--target", type=float, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="save a PNG of the curves here")
     args = parser.parse_args()
     runs = {}
@@ -51,23 +57,22 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--run '{spec}': expected name=run_folder")
         runs[name] = Path(folder)
-    curves = {name: read_curve(folder, args.metric) for name, folder in runs.items()}
-    target = args.target if args.target is not None else 0.98 * max(max(c) for c in curves.values())
-    epochs = max(len(c) for c in curves.values())
-    print("| epoch | " + " | ".join(curves) + " |")
+    curves = {name: read_curve(folder, args.metric, args.axis) for name, folder in runs.items()}
+    values = [v for c in curves.values() for v in c.values()]
+    target = args.target
+    if target is None:
+        target = 1.02 * min(values) if args.lower_is_better else 0.98 * max(values)
+    xs = sorted({x for c in curves.values() for x in c})
+    print(f"| {args.axis} | " + " | ".join(curves) + " |")
     print("|---" * (len(curves) + 1) + "|")
-    for e in range(epochs):
-        cells = [f"{c[e]:.4f}" if e < len(c) else "" for c in curves.values()]
-        print(f"| {e + 1} | " + " | ".join(cells) + " |")
-    print(f"\nfirst epoch with {args.metric} >= {target:.4f}:")
+    for x in xs:
+        print(f"| {x} | " + " | ".join(f"{c[x]:.4f}" if x in c else "" for c in curves.values()) + " |")
+    print(f"\nfirst {args.axis} with {args.metric} {'<=' if args.lower_is_better else '>='} {target:.4f}:")
     for name, curve in curves.items():
-        test = {}
         metrics_file = runs[name] / "metrics.json"
-        if metrics_file.is_file():
-            test = {
-                k: round(v, 4) for k, v in json.loads(metrics_file.read_text()).items() if k in ("test/acc",)
-            }
-        print(f"  {name}: {first_epoch_reaching(curve, target)} (best {max(curve):.4f}; {test})")
+        test = json.loads(metrics_file.read_text()).get("test/acc") if metrics_file.is_file() else None
+        test_text = f"; test/acc {test:.4f}" if test is not None else ""
+        print(f"  {name}: {first_reaching(curve, target, args.lower_is_better)}{test_text}")
     if args.plot:
         import matplotlib
 
@@ -76,9 +81,9 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for name, curve in curves.items():
-            ax.plot(range(1, len(curve) + 1), curve, marker="o", label=name)
+            ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=name)
         ax.axhline(target, color="gray", linestyle=":", linewidth=1)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(args.axis)
         ax.set_ylabel(args.metric)
         ax.legend()
         fig.tight_layout()
