@@ -6,6 +6,8 @@ the layout is stable, and re-sliced per parameter whenever it changes, so no err
 Checkpoints store it per parameter (index into ``module.parameters()``), independent of the layout.
 """
 
+from collections.abc import Collection
+
 import torch
 import torch.distributed as dist
 
@@ -23,6 +25,7 @@ class ResidualStore:
         self._layout: dict[int, tuple[int, ...]] = {}  # bucket index -> parameter positions
         self._sizes: dict[int, int] = {}  # parameter position -> numel
         self._loose: dict[int, torch.Tensor] = {}  # parameter position -> (numel,), waiting for a bucket
+        self._owner: dict[int, int] = {}  # parameter position -> bucket index whose flat residual holds it
 
     def layout(self, bucket: dist.GradBucket) -> tuple[int, ...]:
         """Positions of the bucket's parameters, in the order their gradients sit in ``bucket.buffer()``."""
@@ -40,34 +43,46 @@ class ResidualStore:
         index, layout = bucket.index(), self.layout(bucket)
         if index in self._flat and self._layout[index] == layout:
             return self._flat[index]
-        if self._flat:
-            self._spill()  # the bucket layout changed: keep every residual per parameter
+        # the layout changed: re-slice per parameter the buckets that hold this bucket's parameters
+        stale = {self._owner[position] for position in layout if position in self._owner}
+        self._spill(stale | ({index} if index in self._flat else set()))
         pieces = [self._loose.pop(position, None) for position in layout]
         if all(piece is None for piece in pieces):
             return None
         buffer = bucket.buffer()
+        dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32  # residuals stay >= fp32
         flat = torch.cat([
-            piece.to(device=buffer.device, dtype=buffer.dtype) if piece is not None
-            else buffer.new_zeros(self._sizes[position])
+            piece.to(device=buffer.device, dtype=dtype) if piece is not None
+            else buffer.new_zeros(self._sizes[position], dtype=dtype)
             for piece, position in zip(pieces, layout, strict=True)
         ])  # (N,)
-        self._flat[index], self._layout[index] = flat, layout
+        self._store(index, flat, layout)
         return flat
 
     def set(self, bucket: dist.GradBucket, residual: torch.Tensor) -> None:
         """Stores the new residual of ``bucket`` (flat, same length as its buffer)."""
-        index = bucket.index()
-        self._flat[index], self._layout[index] = residual, self.layout(bucket)
+        index, layout = bucket.index(), self.layout(bucket)
+        if self._layout.get(index) != layout:
+            stale = {self._owner[position] for position in layout if position in self._owner}
+            self._spill(stale | ({index} if index in self._flat else set()))
+            for position in layout:
+                self._loose.pop(position, None)
+        self._store(index, residual, layout)
 
-    def _spill(self) -> None:
-        for index, flat in self._flat.items():
-            offset = 0
-            for position in self._layout[index]:
+    def _store(self, index: int, flat: torch.Tensor, layout: tuple[int, ...]) -> None:
+        self._flat[index], self._layout[index] = flat, layout
+        for position in layout:
+            self._owner[position] = index
+
+    def _spill(self, indices: Collection[int] | None = None) -> None:
+        """Moves the flat residuals of ``indices`` (default: all buckets) into per-parameter pieces."""
+        for index in list(self._flat) if indices is None else indices:
+            flat, layout, offset = self._flat.pop(index), self._layout.pop(index), 0
+            for position in layout:
                 size = self._sizes[position]
                 self._loose[position] = flat[offset:offset + size]
+                self._owner.pop(position, None)
                 offset += size
-        self._flat.clear()
-        self._layout.clear()
 
     def state_dict(self) -> dict[int, torch.Tensor]:
         """Residuals per parameter position, on the CPU."""
@@ -78,6 +93,7 @@ class ResidualStore:
         """Replaces all residuals with per-parameter ones from :meth:`state_dict`."""
         self._flat.clear()
         self._layout.clear()
+        self._owner.clear()
         self._loose = {int(position): piece.clone() for position, piece in state.items()}
         for position, piece in self._loose.items():
             self._sizes[position] = piece.numel()
