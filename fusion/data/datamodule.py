@@ -185,7 +185,7 @@ class ManifestDataModule(L.LightningDataModule):
 
 def sort_labels(labels: set[str]) -> list[str]:
     """Integer labels sort numerically, anything else alphabetically."""
-    if all(label.lstrip("-").isdigit() for label in labels):
+    if all(label.lstrip("-").isdecimal() for label in labels):  # isdigit() would admit "²", which int() rejects
         return sorted(labels, key=int)
     return sorted(labels)
 

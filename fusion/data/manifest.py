@@ -9,6 +9,7 @@ missing for that row. Every problem is collected with its row number, column and
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import stat
@@ -80,7 +81,8 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
 
 def _read_jsonl(text: str) -> tuple[list[dict[str, str]], list[Problem]]:
     rows, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines are separated by "\n" only: str.splitlines would also split inside strings at \u2028, \x85 ...
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -98,7 +100,9 @@ def _read_jsonl(text: str) -> tuple[list[dict[str, str]], list[Problem]]:
 
 
 def _read_csv(text: str, path: Path) -> tuple[list[dict[str, str]], list[Problem]]:
-    reader = csv.reader(text.splitlines())
+    # the csv module must see the raw text: quoted cells may hold newlines, and str.splitlines would also
+    # split cells at \x0c, \x1c, \u2028 ...
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -204,6 +208,8 @@ def check_file(path: Path) -> str | None:
         return "file does not exist"
     except OSError as err:
         return f"cannot be accessed ({err.strerror})"
+    except ValueError as err:  # e.g. an embedded NUL character
+        return f"is not a valid path ({err})"
     if stat.S_ISDIR(info.st_mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(info.st_mode):

@@ -8,6 +8,8 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+
 
 class MediaError(ValueError):
     """A media file could not be decoded; the message names the file."""
@@ -27,6 +29,8 @@ def load_image(path: str, channels: int) -> Image.Image:
             return img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(path, f"cannot decode image ({err})") from None
+    except Exception as err:  # image plugins raise many other types (struct.error, IndexError, ...) on hostile files
+        raise MediaError(path, f"cannot decode image ({type(err).__name__}: {err})") from None
 
 
 def load_audio(path: str, sample_rate: int) -> torch.Tensor:
@@ -39,6 +43,10 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
         raise MediaError(path, f"cannot decode audio ({err})") from None
+    except Exception as err:
+        raise MediaError(path, f"cannot decode audio ({type(err).__name__}: {err})") from None
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:  # resampling from an absurd rate would exhaust memory
+        raise MediaError(path, f"implausible sample rate {rate} Hz (expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})")
     if data.shape[0] == 0:
         raise MediaError(path, "audio has no samples")
     if not np.isfinite(data).all():
