@@ -9,6 +9,7 @@ alpha and beta advance together, one batched matmul per step. If the scaled recu
 to the plain log-space recursion. Viterbi decoding backtracks with ``gather`` for the whole batch at once.
 """
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -250,8 +251,8 @@ class LinearChainCRF(nn.Module):
             mask: (B, T) bool, right-padded.
             pad_value: value written at padded steps of the returned paths.
             store_backpointers: keep the argmax of every step (one gather per step when backtracking) instead
-                of recomputing it along the chosen path. None: on CUDA, where an argmax costs no more than a
-                max; on the CPU a max over the outer dimension is much cheaper without the argmax.
+                of recomputing it along the chosen path on the CPU. None: on CUDA, where an argmax costs no
+                more than a max; on the CPU a max over the outer dimension is much cheaper without the argmax.
 
         Returns:
             paths: (B, T) LongTensor of best tags, ``pad_value`` after each sequence's end.
@@ -283,20 +284,27 @@ class LinearChainCRF(nn.Module):
         final = scores.gather(0, (lengths - 1)[None, :, None].expand(1, batch, num_tags)).squeeze(0)  # (B, K)
         current = (final + self.end_transitions.float()).argmax(-1, keepdim=True)  # (B, 1)
         inside = mask.t()  # (T, B)
-        path = [current]
         if store_backpointers and steps > 1:
             # Padded steps point to themselves, so backtracking from T-1 passes through them unchanged.
             stay = torch.arange(num_tags, device=emissions.device)[None, :, None]  # (1, K, 1)
             table = torch.where(inside[1:, None, :], torch.stack(pointers), stay).transpose(1, 2)  # (T-1, B, K)
+            path = [current]
             for t in range(steps - 2, -1, -1):
                 current = table[t].gather(1, current)  # (B, 1) tag at step t
                 path.append(current)
+            paths = torch.cat(path[::-1], dim=1)  # (B, T)
         else:
-            trans_into = trans.t().contiguous()  # (K_next, K_prev)
+            # Recompute each backpointer along the chosen path, with NumPy on the CPU (a few microseconds per step).
+            table = scores.cpu().contiguous().numpy()  # (T, B, K)
+            trans_into = trans.t().cpu().contiguous().numpy()  # (K_next, K_prev)
+            inside_np = inside.cpu().numpy()
+            tags = current.squeeze(1).cpu().numpy()  # (B,)
+            backtracked = np.empty((steps, batch), dtype=np.int64)
+            backtracked[steps - 1] = tags
             for t in range(steps - 1, 0, -1):
-                previous = (scores[t - 1] + trans_into[current.squeeze(1)]).argmax(-1, keepdim=True)  # (B, 1)
+                previous = (table[t - 1] + trans_into[tags]).argmax(-1)  # (B,)
                 # Before a sequence's last step is reached, keep its final tag (padded steps are masked below).
-                current = torch.where(inside[t, :, None], previous, current)
-                path.append(current)
-        paths = torch.cat(path[::-1], dim=1)  # (B, T)
+                tags = np.where(inside_np[t], previous, tags)
+                backtracked[t - 1] = tags
+            paths = torch.from_numpy(backtracked).t().to(emissions.device)  # (B, T)
         return paths.masked_fill(~mask, pad_value), lengths
