@@ -93,7 +93,7 @@ class PowerSGDHookState(HookState):
         """
         ps, groups = self.powersgd, {}
         for position, grad in zip(self.residuals.layout(bucket), bucket.gradients(), strict=True):
-            rows = grad.shape[0] if grad.dim() > 0 else 1
+            rows = grad.shape[0]
             cols = grad.numel() // max(rows, 1)
             rank = min(rows, cols, ps.matrix_approximation_rank)
             if powersgd._should_compress(rows, cols, rank, ps.min_compression_rate)[0]:
@@ -161,9 +161,33 @@ class PowerSGDHookState(HookState):
                                for position, entry in state["factors"].items()}
 
 
+class _ScalarsAsVectors:
+    """A GradBucket whose 0-d gradients read as 1-element vectors (torch's PowerSGD reshapes by ``shape[0]``)."""
+
+    def __init__(self, bucket: dist.GradBucket) -> None:
+        self._bucket = bucket
+
+    def buffer(self) -> torch.Tensor:
+        return self._bucket.buffer()
+
+    def index(self) -> int:
+        return self._bucket.index()
+
+    def is_last(self) -> bool:
+        return self._bucket.is_last()
+
+    def parameters(self) -> list[torch.Tensor]:
+        return self._bucket.parameters()
+
+    def gradients(self) -> list[torch.Tensor]:
+        return [grad.view(1) if grad.dim() == 0 else grad for grad in self._bucket.gradients()]  # views
+
+
 def powersgd_hook(state: PowerSGDHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Torch's ``powerSGD_hook`` with byte counting, layout-checked memory and inf/NaN-safe state."""
     ps, index = state.powersgd, bucket.index()
+    if any(grad.dim() == 0 for grad in bucket.gradients()):  # e.g. a learnable logit scale
+        bucket = _ScalarsAsVectors(bucket)
     if ps.iter < ps.start_powerSGD_iter:
         state.counter.add_allreduce(bucket.buffer().numel() * bucket.buffer().element_size())
         state.finish_bucket(bucket, compressed=False)

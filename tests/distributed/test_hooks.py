@@ -177,6 +177,27 @@ def scenario_accumulation(rank: int, name: str, args: dict) -> dict:
     return {"step": state.step, "counted_steps": state.counter.steps}
 
 
+class ScaledModel(nn.Module):
+    """A model with a 0-d parameter (like the clip recipe's logit scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_model()
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def scenario_scalar_parameter(rank: int) -> dict:
+    """PowerSGD (torch reshapes every gradient by shape[0]) on a model with a 0-d parameter."""
+    plain, hooked = DDP(ScaledModel()), DDP(ScaledModel())
+    state, hook = make_comm_hook("powersgd", hooked.module, None, {"warmup_steps": 2})
+    hooked.register_comm_hook(state, hook)
+    return {"plain": train(plain, make_optimizer(plain), rank, range(4)),
+            "hooked": train(hooked, make_optimizer(hooked), rank, range(4))}
+
+
 def run_scenarios(rank: int, world: int, out_dir: str) -> None:
     results = {
         "exact": scenario_exact(rank),
@@ -196,6 +217,7 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         },
         "inf": {name: scenario_inf(rank, name, args) for name, args in
                 [("int8", {}), ("topk", {"ratio": 0.1}), ("fp16", {}), ("powersgd", {"warmup_steps": 2})]},
+        "scalar": scenario_scalar_parameter(rank),
         "accumulation": {name: scenario_accumulation(rank, name, args) for name, args in
                          [("int8", {}), ("topk", {"warmup_steps": 1})]},
     }
@@ -317,3 +339,11 @@ def test_state_advances_once_per_optimizer_step_under_accumulation(results, name
     for rank_result in results:
         run = rank_result["accumulation"][name]
         assert run["step"] == 3 and run["counted_steps"] == 3
+
+
+def test_powersgd_handles_zero_dim_parameters(results):
+    for rank_result in results:
+        run = rank_result["scalar"]
+        # compressed steps (2, 3) differ in the matrices, but a 1-element gradient is all-reduced exactly
+        assert torch.equal(run["hooked"][2][-1], run["plain"][2][-1])  # step 2 is compressed
+        assert all(torch.isfinite(g).all() for step in run["hooked"] for g in step)
