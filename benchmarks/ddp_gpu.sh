@@ -6,7 +6,7 @@
 set -uo pipefail
 OUT=${1:?usage: benchmarks/ddp_gpu.sh OUT_DIR [GPU counts] [models]}
 COUNTS=${2:-"1 2 4"}
-MODELS=${3:-"progressive clip progressive-r50 clip-r50 resnet50"}
+MODELS=${3:-"progressive clip progressive-r50 resnet50"}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
@@ -18,7 +18,7 @@ for n in $COUNTS; do
   for model in $MODELS; do
     echo "== $model on $n GPU(s)"
     "$PY" -m torch.distributed.run --standalone --nproc_per_node "$n" "$REPO/benchmarks/ddp_throughput.py" \
-      --model "$model" --device cuda --bf16 --channels-last --batch-size 64 --warmup 5 --steps 30 --rounds 3 \
+      --model "$model" --device cuda --bf16 --channels-last --batch-size 64 --warmup 5 --steps 20 --rounds 3 \
       --out "$OUT/$model-${n}gpu.json" > "$OUT/$model-${n}gpu.log" 2>&1 \
       || echo "FAILED: $model on $n GPU(s), see $OUT/$model-${n}gpu.log"
     grep -E "samples/s|failed|skipped" "$OUT/$model-${n}gpu.log" || true
