@@ -3,7 +3,8 @@
 #   builtin    - the generated audio-visual-text digits set (default data of every recipe)
 #   mnist_fsdd - MNIST images paired with FSDD spoken digits (image + audio; test = a held-out speaker),
 #                built from ../shared/data by benchmarks/clip_build_digits_manifest.py
-# Trains the three recipes per data set (skipped when the run folder already has best.ckpt), then writes one
+# Trains the three recipes per data set (skipped when the run folder has metrics.json, i.e. training
+# completed; an interrupted run is trained again from scratch), then writes one
 # report per data set with evaluate.py, and stores the decoded test split next to each run
 # (test_batches.pt) so benchmarks/eval_gpu.sh can evaluate the same runs on a GPU machine without the media.
 #
@@ -15,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-checkpoints/eval_bench}
 SETS=${SETS:-"builtin mnist_fsdd"}
 EPOCHS_builtin=${EPOCHS_builtin:-5}        # 3000 training examples
-EPOCHS_mnist_fsdd=${EPOCHS_mnist_fsdd:-8}  # 1359 training examples
+EPOCHS_mnist_fsdd=${EPOCHS_mnist_fsdd:-6}  # 1359 training examples
 # Encoder sizes of the evaluated models (smaller than the recipe defaults: width 16 instead of 32).
 MODEL_ARGS=${MODEL_ARGS:-"model.encoders.image.width=16 model.encoders.audio.width=16"}
 THREADS=${THREADS:-2}
@@ -41,8 +42,9 @@ for set in $SETS; do
   runs=()
   for recipe in early late progressive; do
     run_dir=$OUT/$set/$recipe
-    if [[ ! -f $run_dir/best.ckpt ]]; then
+    if [[ ! -f $run_dir/metrics.json ]]; then  # metrics.json is written when training completed
       echo "== training $recipe on $set ($epochs epochs) -> $run_dir"
+      rm -rf "$run_dir"  # an interrupted run: start clean (ModelCheckpoint would not overwrite best.ckpt)
       # shellcheck disable=SC2086
       "$PY" train.py recipe=$recipe $args $MODEL_ARGS trainer.max_epochs=$epochs run_dir=$run_dir \
         trainer.enable_progress_bar=false 2>&1 | grep -E "run folder|test metrics|Error|error" || true

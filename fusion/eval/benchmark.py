@@ -12,7 +12,7 @@ from torch import nn
 from fusion.eval.accuracy import classification_metrics, predict, to_device
 from fusion.eval.batches import concat_batches, take_batch
 from fusion.eval.cost import count_flops, count_parameters, peak_memory_bytes, tensor_bytes
-from fusion.eval.latency import measure_latency, measure_throughput
+from fusion.eval.latency import measure_latency, measure_throughput, print_now
 from fusion.eval.variants import VARIANT_NAMES, build_variants
 
 
@@ -57,7 +57,7 @@ def evaluate_model(
     warmup: int = 10,
     iters: int = 100,
     throughput_batch_sizes: Sequence[int] = (64,),
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_now,
 ) -> tuple[list[dict], dict[str, str]]:
     """Measures accuracy, latency, throughput, FLOPs, parameters and peak memory for every variant and device.
 

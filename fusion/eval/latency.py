@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 
+def print_now(message: str) -> None:
+    """Progress line, flushed at once (stdout is block-buffered when piped)."""
+    print(message, flush=True)
+
+
 def synchronize(device: torch.device | str) -> None:
     """Waits until all queued work on ``device`` has finished (no-op on CPU)."""
     device = torch.device(device)

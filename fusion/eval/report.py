@@ -28,13 +28,14 @@ def mark_front(rows: list[dict]) -> None:
 
 def _rows_table(rows: list[dict]) -> list[str]:
     batch_sizes = sorted({int(bs) for row in rows for bs in row["throughput"]})
-    header = ["model", "fusion", "variant", "device", "accuracy", "macro-F1", "p50 / p95 / p99 latency (ms)"]
+    header = ["model", "fusion", "epochs", "variant", "device", "accuracy", "macro-F1", "p50 / p95 / p99 latency (ms)"]
     header += [f"throughput bs={bs} (samples/s)" for bs in batch_sizes]
     header += ["params", "FLOPs / sample", "peak memory", "Pareto"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [
-            row["model"], row["fusion"], row["variant"], row["device"], f"{100 * row['acc']:.2f} %",
+            row["model"], row["fusion"], row.get("epochs_trained") or "?", row["variant"], row["device"],
+            f"{100 * row['acc']:.2f} %",
             f"{100 * row['macro_f1']:.2f} %",
             f"{row['latency_p50_ms']:.3f} / {row['latency_p95_ms']:.3f} / {row['latency_p99_ms']:.3f}",
         ]

@@ -85,6 +85,7 @@ class LoadedRun:
     checkpoint: Path
     config: dict
     task: nn.Module
+    epochs_trained: int | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -114,7 +115,9 @@ def load_run(path: str | Path) -> LoadedRun:
     task = task_class(**checkpoint["hyper_parameters"])
     task.load_state_dict(checkpoint["state_dict"])
     name = str(config.get("recipe_name") or run_dir.parent.name)
-    return LoadedRun(name, fusion_kind(config), run_dir, checkpoint_path, config, task.eval())
+    epoch = checkpoint.get("epoch")  # index of the epoch whose end wrote the checkpoint
+    return LoadedRun(name, fusion_kind(config), run_dir, checkpoint_path, config, task.eval(),
+                     None if epoch is None else int(epoch) + 1)
 
 
 BATCH_CACHE_NAME = "test_batches.pt"

@@ -11,7 +11,7 @@ import torch
 
 from fusion.eval.batches import concat_batches, slice_batch
 from fusion.eval.benchmark import evaluate_model, machine_info
-from fusion.eval.latency import fix_threads
+from fusion.eval.latency import fix_threads, print_now
 from fusion.eval.report import write_report
 from fusion.eval.robustness import DEFAULT_NOISE_LEVELS, add_effective_robustness, evaluate_robustness
 from fusion.eval.run_folder import (
@@ -63,7 +63,7 @@ def _trim(batches: list[dict], max_samples: int | None) -> list[dict]:
             if start < int(full["label"].shape[0])]
 
 
-def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tuple[dict, dict[str, Path]]:
+def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print_now) -> tuple[dict, dict[str, Path]]:
     """Evaluates every checkpoint of ``settings.ckpt`` and writes report.md/report.json/pareto.png.
 
     Returns:
@@ -84,7 +84,8 @@ def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tup
         names_seen[run.name] = names_seen.get(run.name, 0) + 1
         out_dir = out_dir or default_out_dir(settings, run.run_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        log(f"[{index + 1}/{len(settings.ckpt)}] {name} ({run.fusion} fusion) from {run.checkpoint}")
+        log(f"[{index + 1}/{len(settings.ckpt)}] {name} ({run.fusion} fusion) from {run.checkpoint}"
+            f" (epochs trained: {run.epochs_trained})")
         cache_path = run.run_dir / BATCH_CACHE_NAME
         if settings.from_cache:
             batches = load_batch_cache(cache_path, test_data_config(run, settings.data))
@@ -104,6 +105,7 @@ def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print) -> tup
         for row in model_rows:
             row["run_dir"] = str(run.run_dir)
             row["checkpoint"] = str(run.checkpoint)
+            row["epochs_trained"] = run.epochs_trained
         rows += model_rows
         skipped.update(model_skipped)
         if settings.robustness:

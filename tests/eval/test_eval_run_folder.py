@@ -73,6 +73,7 @@ def test_loaded_run_reproduces_the_trained_model(tmp_path, kind):
     run_dir, task = make_run(tmp_path, kind, SPEC)
     run = load_run(run_dir)
     assert run.fusion == kind and run.name == kind and run.checkpoint == run_dir / "best.ckpt"
+    assert run.epochs_trained == 1  # the checkpoint was written at the end of epoch index 0
     assert resolve_checkpoint(run_dir / "best.ckpt") == (run_dir, run_dir / "best.ckpt")
     batch = synthetic_batch()
     with torch.no_grad():
@@ -149,7 +150,7 @@ def test_sweep_over_run_folders_writes_one_report_and_cached_batches_match(tmp_p
     assert all(r["num_test_samples"] == 6 for r in parsed["rows"])
     assert parsed["robustness"]["late"]["noise"]["audio"]["effective_robustness"] == 0.0
     assert "effective_robustness" in parsed["robustness"]["early"]["noise"]["image"]
-    assert paths["png"].stat().st_size > 0 and "| early | early | fp32 | cpu |" in paths["md"].read_text()
+    assert paths["png"].stat().st_size > 0 and "| early | early | 1 | fp32 | cpu |" in paths["md"].read_text()
     stored = torch.load(Path(runs[0]) / "test_batches.pt", weights_only=True)["batches"][0]
     assert stored["audio"]["__pcm16__"].dtype == torch.int16  # 16-bit WAV samples kept losslessly as int16
     cached, _ = run_sweep(EvalSettings(ckpt=runs[:1], out_dir=str(tmp_path / "cached"), devices=["cpu"],
