@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 
-def load_metrics(run_dir: Path) -> dict[str, float]:
-    path = run_dir / "metrics.json"
+def load_metrics(run_dir: Path, name: str = "metrics.json") -> dict[str, float]:
+    path = run_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics.json in '{run_dir}'")
+        raise FileNotFoundError(f"no {name} in '{run_dir}'")
     return json.loads(path.read_text())
 
 
@@ -26,8 +26,9 @@ def main() -> None:
     )
     parser.add_argument("run", type=Path, help="run folder of recipe=clip")
     parser.add_argument("--baseline", type=Path, default=None, help="classification run folder (test/acc)")
+    parser.add_argument("--metrics-file", default="metrics.json", help="e.g. metrics_partial.json")
     args = parser.parse_args()
-    m = load_metrics(args.run)
+    m = load_metrics(args.run, args.metrics_file)
     directions = sorted(
         {k[len("test/") :].split("/")[0] for k in m if "_to_" in k and not k.startswith("test/mean")}
     )
