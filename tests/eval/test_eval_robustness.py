@@ -19,12 +19,22 @@ def _masked_only(batch: dict, modality: str) -> dict:
     return masked
 
 
+def _masked_rows_with_input(batch: dict, modality: str) -> dict:
+    """The oracle: mask the modality by hand, keep samples that still have another modality."""
+    masked = _masked_only(batch, modality)
+    keep = torch.stack(list(masked["mask"].values()), dim=1).any(dim=1)
+    return {key: ({m: v[keep] for m, v in value.items()} if key == "mask" else value[keep])
+            for key, value in masked.items()}
+
+
 @pytest.mark.parametrize("modality", ["image", "audio"])
 def test_removed_modality_accuracy_equals_evaluating_with_it_masked(modality):
     model, batches = trained_toy(), toy_batches()
     result = evaluate_robustness(model, batches, "cpu", num_classes=3, levels=(0.0, 1.0))
-    predictions, labels = predict(model, batches, "cpu", lambda b: _masked_only(b, modality))
+    predictions, labels = predict(model, batches, "cpu", lambda b: _masked_rows_with_input(b, modality))
     assert result["removed"][modality] == classification_metrics(predictions, labels, 3)["acc"]
+    assert result["removed_samples"][modality] == labels.numel()
+    assert result["removed_samples"]["audio"] == 24  # image is always present in the toy data
     # and the logits themselves agree: removal leaks nothing the mask hides
     for batch in batches:
         with torch.no_grad():
