@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -200,12 +199,3 @@ def build_checkpoint_io(mode: str) -> AtomicCheckpointIO:
         return AsyncAtomicCheckpointIO()
     raise ValueError(f"checkpoint_io must be 'sync' or 'async', got '{mode}'")
 
-
-class WaitForCheckpointWrites(L.Callback):
-    """Waits for background checkpoint writes when training ends, before any `on_fit_end` hook of the model
-    (callbacks run first) reads best.ckpt/last.ckpt from disk."""
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        wait = getattr(trainer.strategy.checkpoint_io, "wait", None)
-        if wait is not None:
-            wait()

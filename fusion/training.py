@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fusion.checkpoint_io import WaitForCheckpointWrites, build_checkpoint_io
+from fusion.checkpoint_io import build_checkpoint_io
 from fusion.checkpoints import check_resume_checkpoint, load_matching_weights
 from fusion.faults import CollectiveTimeout, explain_peer_failures
 from fusion.resume import ExactResumeCallback, make_train_loader_resumable
@@ -32,7 +32,7 @@ def build_strategy(cfg: DictConfig):
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks = [best, ExactResumeCallback(), WaitForCheckpointWrites()]
+    callbacks = [best, ExactResumeCallback()]
     if cfg.get("checkpoint_every_n_steps"):
         callbacks.append(ModelCheckpoint(dirpath=run_dir, filename="step", save_top_k=1, save_last=True,
                                          every_n_train_steps=int(cfg.checkpoint_every_n_steps),
