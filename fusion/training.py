@@ -34,7 +34,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks = [best, ExactResumeCallback()]
     if cfg.get("checkpoint_every_n_steps"):
-        callbacks.append(ModelCheckpoint(dirpath=run_dir, filename="step", save_top_k=1, save_last=True,
+        # last.ckpt only (save_top_k=0): one write per N steps, not a second copy under another name
+        callbacks.append(ModelCheckpoint(dirpath=run_dir, save_top_k=0, save_last=True,
                                          every_n_train_steps=int(cfg.checkpoint_every_n_steps),
                                          enable_version_counter=False))
     if cfg.get("ddp_timeout_s"):
