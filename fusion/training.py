@@ -26,7 +26,9 @@ def build_strategy(cfg: DictConfig):
         return strategy
     from fusion.distributed.strategy import build_strategy as build_hooked_strategy
 
-    return build_hooked_strategy(str(cfg.comm_hook), OmegaConf.to_container(cfg.get("comm_hook_args") or {}), strategy)
+    args = cfg.get("comm_hook_args")
+    args = OmegaConf.to_container(args, resolve=True) if args is not None else {}
+    return build_hooked_strategy(str(cfg.comm_hook), args, strategy)
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
