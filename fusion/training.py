@@ -45,6 +45,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     return callbacks
 
 
+def log_version(cfg: DictConfig) -> str:
+    """logs/metrics.csv for a new run; a resumed run logs beside it instead of overwriting it."""
+    return time.strftime("resumed-%Y%m%d-%H%M%S") if cfg.get("ckpt_path") else ""
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w") as f:
@@ -75,7 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_checkpoint(task, cfg.ckpt_path)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)},
                         default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
-                        logger=CSVLogger(save_dir=str(run_dir), name="logs", version=""),
+                        logger=CSVLogger(save_dir=str(run_dir), name="logs", version=log_version(cfg)),
                         plugins=[build_checkpoint_io(str(cfg.get("checkpoint_io", "async")))])
     if trainer.is_global_zero:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -88,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
     metrics["fit_seconds"] = round(fit_seconds, 2)
+    metrics.update(getattr(trainer.strategy, "comm_summary", dict)())  # bytes/compression of a comm hook
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
