@@ -53,5 +53,5 @@ for set in $SETS; do
   done
   echo "== evaluating $set"
   "$PY" evaluate.py ckpt="$(IFS=,; echo "${runs[*]}")" out_dir="$OUT/$set/report_cpu" device=cpu \
-    threads="$THREADS" iters="$ITERS" variants="$VARIANTS" cache_batches=true 2>&1 | grep -v "^W1\|^W0\|torch._dynamo"
+    threads="$THREADS" iters="$ITERS" variants="$VARIANTS" cache_batches=true 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
 done

@@ -46,5 +46,5 @@ for set in $SETS; do
   if [[ ${#runs[@]} -eq 0 ]]; then echo "no cached runs for $set under $RUNS"; continue; fi
   echo "== $set on GPU: ${runs[*]}"
   "$PY" evaluate.py ckpt="$(IFS=,; echo "${runs[*]}")" out_dir="$RESULTS/$set" device=cuda from_cache=true \
-    variants="$VARIANTS" iters="$ITERS" batch_sizes="$BATCH_SIZES" 2>&1 | grep -v "^W1\|^W0\|torch._dynamo"
+    variants="$VARIANTS" iters="$ITERS" batch_sizes="$BATCH_SIZES" 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
 done
