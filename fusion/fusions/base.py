@@ -44,6 +44,15 @@ def stack_mask(mask: dict[str, torch.Tensor], modalities: list[str]) -> torch.Te
     return present
 
 
+def drop_absent(features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], modalities: list[str]) -> dict[str, torch.Tensor]:
+    """Replaces the placeholder features of absent samples by zeros (also NaN/inf placeholders), (B, D) each.
+
+    Absent modalities already get zero gate weight; this keeps whatever their encoder produced from reaching
+    any arithmetic (0 * NaN would still be NaN).
+    """
+    return {m: torch.where(mask[m].bool().unsqueeze(-1), features[m], torch.zeros_like(features[m])) for m in modalities}
+
+
 def named_weights(stage: str, modalities: list[str], weights: torch.Tensor) -> dict[str, torch.Tensor]:
     """(B, M) gate weights -> {"<stage>/<modality>": (B,)}."""
     return {f"{stage}/{m}": weights[:, i] for i, m in enumerate(modalities)}

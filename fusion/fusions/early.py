@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.fusions.base import Fusion, FusionResult, named_weights, stack_mask
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
 from fusion.fusions.gating import ModalityGate
 
 
@@ -36,6 +36,7 @@ class EarlyFusion(Fusion):
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
+        features = drop_absent(features, mask, self.modalities)
         weights, reg = self.gate(features, mask)  # (B, M)
         scale = weights * present.sum(1, keepdim=True)  # (B, M): 1 each under a uniform gate, 0 if absent
         joined = [self.proj[m](features[m]) * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]

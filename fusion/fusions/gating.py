@@ -40,7 +40,8 @@ class ModalityGate(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns weights (B, M) in `self.modalities` order and the weighted regularisation loss (scalar)."""
         present = stack_mask(mask, self.modalities)  # (B, M)
-        hidden = [self.proj[m](features[m]) * present[:, i : i + 1] for i, m in enumerate(self.modalities)]
+        hidden = [self.proj[m](features[m]) for m in self.modalities]
+        hidden = [torch.where(present[:, i : i + 1], h, torch.zeros_like(h)) for i, h in enumerate(hidden)]
         scores = self.scorer(torch.cat(hidden + [present.to(hidden[0].dtype)], dim=1)) / self.temperature  # (B, M)
         weights = masked_softmax(scores, present)  # (B, M)
         return weights, self.regulariser(weights, present)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.fusions.base import Fusion, FusionResult, named_weights, stack_mask
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
 from fusion.fusions.gating import ModalityGate
 
 
@@ -41,6 +41,7 @@ class LateFusion(Fusion):
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         stack_mask(mask, self.modalities)
+        features = drop_absent(features, mask, self.modalities)
         decisions = {m: self.heads[m](features[m]) for m in self.modalities}  # m -> (B, K)
         gate_in = {m: torch.cat([features[m], confidence_features(decisions[m])], dim=1) for m in self.modalities}
         weights, reg = self.gate(gate_in, mask)  # (B, M)

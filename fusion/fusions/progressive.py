@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.fusions.base import Fusion, FusionResult, named_weights, stack_mask
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
 from fusion.fusions.gating import ModalityGate
 from fusion.fusions.late import confidence_features
 
@@ -50,6 +50,7 @@ class ProgressiveFusion(Fusion):
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
+        features = drop_absent(features, mask, self.modalities)
         streams = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
         fused = None
         gate_weights, reg = {}, present.new_zeros((), dtype=streams[self.modalities[0]].dtype)

@@ -78,9 +78,11 @@ def test_absent_modality_values_are_ignored(fusion_cls):
     features, mask = make_inputs()
     mask["image"] = torch.tensor([False, True, False, True, True, True])
     changed = dict(features, image=features["image"] + 100 * torch.randn(B, DIMS["image"]))
-    out_a, out_b = fusion(features, mask), fusion(changed, mask)
+    poisoned = dict(features, image=torch.where(mask["image"][:, None], features["image"], torch.tensor(float("nan"))))
+    out_a, out_b, out_c = fusion(features, mask), fusion(changed, mask), fusion(poisoned, mask)
     absent = ~mask["image"]
     torch.testing.assert_close(out_a[absent], out_b[absent])
+    torch.testing.assert_close(out_a, out_c)  # NaN placeholders of absent samples never leak
     assert not torch.allclose(out_a[~absent], out_b[~absent])
 
 
