@@ -132,7 +132,7 @@ def test_missing_label_column_and_missing_manifest(tmp_path):
 
 def test_not_utf8_manifest_is_reported(tmp_path):
     manifest = tmp_path / "m.csv"
-    manifest.write_bytes("label,text\n".encode() + "caf\xe9,x\n".encode("latin-1"))
+    manifest.write_bytes(b"label,text\n" + "caf\xe9,x\n".encode("latin-1"))
     with pytest.raises(ManifestError, match="not valid UTF-8"):
         validate(manifest)
 
