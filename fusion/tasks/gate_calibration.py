@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusion.eval.accuracy import to_device
 from fusion.fusions.gating import ModalityGate
 from fusion.model import FusionModel
 
@@ -22,15 +23,6 @@ from fusion.model import FusionModel
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters of every ModalityGate inside `model`."""
     return [p for module in model.modules() if isinstance(module, ModalityGate) for p in module.parameters()]
-
-
-def move_batch(batch, device: torch.device):
-    """Moves every tensor of a (nested) batch dict to `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: move_batch(v, device) for k, v in batch.items()}
-    return batch
 
 
 def calibrate_gates(model: FusionModel, batches: Iterable[dict], epochs: int, lr: float = 3e-3,
@@ -56,7 +48,7 @@ def calibrate_gates(model: FusionModel, batches: Iterable[dict], epochs: int, lr
         for _ in range(epochs):
             total, count = 0.0, 0
             for batch in batches:
-                batch = move_batch(batch, device)
+                batch = to_device(batch, device)
                 result = model.forward_with_details(batch)
                 loss = F.cross_entropy(result.logits, batch["label"], label_smoothing=label_smoothing) + result.aux_loss
                 optimizer.zero_grad(set_to_none=True)

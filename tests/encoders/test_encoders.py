@@ -1,0 +1,38 @@
+"""Encoders: pooled features agree with their token features; augmentation only in training."""
+
+from __future__ import annotations
+
+import torch
+
+from fusion.encoders.audio import AudioEncoder
+from fusion.encoders.image import ImageEncoder
+from fusion.encoders.text import TextEncoder
+
+
+def test_image_pooled_features_are_the_mean_of_its_tokens():
+    torch.manual_seed(0)
+    encoder = ImageEncoder(out_dim=24).eval()
+    images = torch.randn(3, 1, 32, 32)
+    tokens = encoder.forward_tokens(images)  # (B, 16, D): 32 / 8 = 4 x 4 positions
+    assert tokens.shape == (3, 16, 24)
+    torch.testing.assert_close(encoder(images), tokens.mean(dim=1))
+
+
+def test_text_padding_does_not_change_the_pooled_features():
+    torch.manual_seed(0)
+    encoder = TextEncoder(out_dim=16, num_layers=1).eval()
+    short = {"input_ids": torch.tensor([[1, 70, 71, 2]]), "attention_mask": torch.tensor([[1, 1, 1, 1]])}
+    padded = {"input_ids": torch.tensor([[1, 70, 71, 2, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]])}
+    torch.testing.assert_close(encoder(short), encoder(padded))
+
+
+def test_audio_augmentation_runs_only_in_training():
+    torch.manual_seed(0)
+    encoder = AudioEncoder(out_dim=8)
+    wave = torch.randn(2, 8000)
+    encoder.eval()
+    torch.testing.assert_close(encoder(wave), encoder(wave))
+    encoder.train()
+    spec_a, spec_b = encoder.spectrogram(wave), encoder.spectrogram(wave)
+    assert not torch.equal(spec_a, spec_b)  # random warp / shift / masks per call
+    torch.testing.assert_close(encoder.eval().spectrogram(wave), encoder.frontend(wave))
