@@ -1,9 +1,11 @@
 """Progressive fusion (Shankar et al. 2022, "Progressive Fusion for Multimodal Integration").
 
 Fusion happens at several depths: modality features are projected (early), then at every stage a gate pools
-the modality streams into a fused state that is fed back into each stream before its next block (the
-paper's backward connections), and finally the streams' decisions and the fused decision are combined by a
-decision-level gate.
+the modality streams into a fused state, which is fed back into each stream before the next stage (the
+paper's backward connections); finally a decision-level gate combines the fused decision with one decision per
+modality. The per-modality decisions are read from the streams *before* any feedback, so they stay truly
+unimodal: when one modality misleads the fused state (e.g. speech of a speaker never seen in training), the
+decision gate still has an uncontaminated decision of every other modality to fall back on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class ProgressiveFusion(Fusion):
         modality_dims: modality -> pooled feature size.
         num_classes: output classes.
         hidden_dim: width of every stream and of the fused state.
-        num_stages: fusion stages (each: gate -> fused state -> feedback -> stream block).
+        num_stages: fusion stages (each: gate -> fused state; between stages: feedback -> stream block).
         dropout: dropout inside stream blocks.
         gate: keyword arguments of every ModalityGate.
     """
@@ -39,11 +41,13 @@ class ProgressiveFusion(Fusion):
         self.inputs = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, h), nn.LayerNorm(h), nn.GELU()) for m, d in modality_dims.items()})
         self.stage_gates = nn.ModuleList(ModalityGate({m: h for m in self.modalities}, **gate) for _ in range(num_stages))
         self.fusers = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h)) for _ in range(num_stages))
-        self.feedback = nn.ModuleList(nn.ModuleDict({m: nn.Linear(h, h) for m in self.modalities}) for _ in range(num_stages))
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+        self.feedback = nn.ModuleList(nn.ModuleDict({m: nn.Linear(h, h) for m in self.modalities}) for _ in range(num_stages - 1))
         self.blocks = nn.ModuleList(
             nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * h, h))
                            for m in self.modalities})
-            for _ in range(num_stages))
+            for _ in range(num_stages - 1))
         self.heads = nn.ModuleDict({m: nn.Linear(h, num_classes) for m in self.modalities})
         self.fused_head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, num_classes))
         self.decision_gate = ModalityGate({m: h + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
@@ -51,20 +55,23 @@ class ProgressiveFusion(Fusion):
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
-        streams = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
+        unimodal_states = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
+        streams = unimodal_states
         fused = None
         gate_weights, reg = {}, present.new_zeros((), dtype=streams[self.modalities[0]].dtype)
-        for s in range(len(self.blocks)):
+        for s in range(len(self.stage_gates)):
             weights, stage_reg = self.stage_gates[s](streams, mask)  # (B, M)
             pooled = sum(weights[:, i : i + 1] * streams[m] for i, m in enumerate(self.modalities))  # (B, H)
             update = self.fusers[s](pooled)  # (B, H)
             fused = update if fused is None else fused + update
-            streams = {m: streams[m] + self.blocks[s][m](streams[m] + self.feedback[s][m](fused)) for m in self.modalities}
+            if s < len(self.blocks):  # feed the fused state back into every stream before the next stage
+                streams = {m: streams[m] + self.blocks[s][m](streams[m] + self.feedback[s][m](fused)) for m in self.modalities}
             gate_weights.update(named_weights(f"stage{s + 1}", self.modalities, weights))
             reg = reg + stage_reg
-        decisions = {m: self.heads[m](streams[m]) for m in self.modalities}  # m -> (B, K)
+        decisions = {m: self.heads[m](unimodal_states[m]) for m in self.modalities}  # m -> (B, K), no feedback in them
         decisions[FUSED] = self.fused_head(fused)  # (B, K)
-        gate_in = {m: torch.cat([streams[m] if m != FUSED else fused, confidence_features(decisions[m])], dim=1) for m in decisions}
+        states = {**unimodal_states, FUSED: fused}
+        gate_in = {m: torch.cat([states[m], confidence_features(decisions[m])], dim=1) for m in decisions}
         decision_mask = {**mask, FUSED: torch.ones_like(mask[self.modalities[0]], dtype=torch.bool)}
         weights, decision_reg = self.decision_gate(gate_in, decision_mask)  # (B, M + 1)
         names = self.decision_gate.modalities
