@@ -48,12 +48,11 @@ class Int8State(HookState):
             raise ValueError(f"int8 hook supports at most 127 ranks, got world size {self.world_size}")
         self.granularity = granularity
         self.error_feedback = error_feedback
-        self._lengths: dict[tuple[int, ...], torch.Tensor] = {}
+        self._plans: dict[tuple[int, ...], ScalePlan] = {}
 
-    def segment_lengths(self, bucket: dist.GradBucket) -> torch.Tensor:
-        """Number of elements of each scale group of ``bucket``, as a LongTensor on its device."""
-        layout = self.residuals.layout(bucket)
-        if layout not in self._lengths:
+    def plan(self, bucket: dist.GradBucket, layout: tuple[int, ...]) -> "ScalePlan":
+        """The scale groups of ``bucket`` (built once per bucket layout, kept on the bucket's device)."""
+        if layout not in self._plans:
             buffer = bucket.buffer()
             sizes = [param.numel() for param in bucket.parameters()]
             if sum(sizes) != buffer.numel():
@@ -63,48 +62,80 @@ class Int8State(HookState):
             elif self.granularity == "block":
                 block = self.block_size
                 sizes = [piece for size in sizes for piece in [block] * (size // block) + [size % block] if piece]
-            self._lengths[layout] = torch.tensor(sizes, dtype=torch.long, device=buffer.device)
-        return self._lengths[layout]
+            self._plans[layout] = ScalePlan(sizes, buffer.device)
+        return self._plans[layout]
+
+
+class ScalePlan:
+    """Scale groups of one bucket layout: offsets for the group maxima and, per entry, its group.
+
+    Precomputed so the hook issues no host synchronisation (``segment_reduce`` with lengths checks them on
+    the host; ``repeat_interleave`` rebuilds its index every call).
+
+    Args:
+        sizes: entries per scale group, in buffer order (S groups, summing to N).
+        device: the bucket's device.
+    """
+
+    def __init__(self, sizes: list[int], device: torch.device) -> None:
+        self.numel, self.groups = sum(sizes), len(sizes)
+        lengths = torch.tensor(sizes, dtype=torch.long)
+        self.offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(device)  # (S + 1,)
+        self.group_of_entry = (None if self.groups == 1 else  # (N,) int32; None: one scale broadcasts
+                               torch.repeat_interleave(torch.arange(self.groups, dtype=torch.int32), lengths)
+                               .to(device))
+
+    def group_absmax(self, values: torch.Tensor) -> torch.Tensor:
+        """(S,) largest |value| of every group; NaN if a group holds NaN, inf if it holds inf."""
+        if self.groups == 1:
+            return values.abs().amax().reshape(1)  # amax propagates NaN
+        return torch.segment_reduce(values.abs(), "max", offsets=self.offsets, unsafe=True, initial=0.0)
+
+    def expand(self, per_group: torch.Tensor) -> torch.Tensor:
+        """(N,) or broadcastable (1,): every entry's value of its group."""
+        return per_group if self.group_of_entry is None else per_group.index_select(0, self.group_of_entry)
 
 
 def int8_hook(state: Int8State, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: int8 all-reduce with agreed scales and error feedback."""
+    """DDP communication hook: int8 all-reduce with agreed scales and error feedback.
+
+    Per bucket: two collectives (max of the S scale groups, then the int8 sum) and no host synchronisation.
+    """
     buffer = bucket.buffer()  # (N,)
     world_size, levels = state.world_size, state.levels
     if world_size == 1:
         state.finish_bucket(bucket, compressed=True)
         return completed_future(buffer)
     work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
-    old_residual = state.residuals.get(bucket) if state.error_feedback else None
+    layout = state.residuals.layout(bucket)
+    old_residual = state.residuals.get(bucket, layout) if state.error_feedback else None
     if old_residual is not None:
         corrected = torch.add(buffer, old_residual)  # (N,) gradient + residual, in work_dtype
     else:
         corrected = buffer.to(work_dtype, copy=True)  # (N,)
 
-    lengths = state.segment_lengths(bucket)  # (S,)
-    absmax = torch.segment_reduce(corrected.abs(), "max", lengths=lengths)  # (S,)
-    finite = torch.isfinite(absmax)
-    agreed = torch.cat([torch.where(finite, absmax, 0.0), (~finite.all()).to(work_dtype).reshape(1)])  # (S + 1,)
+    plan = state.plan(bucket, layout)
+    # inf/NaN anywhere becomes an infinite maximum, which the MAX all-reduce hands to every rank
+    agreed = plan.group_absmax(corrected).nan_to_num_(nan=float("inf"), posinf=float("inf"))  # (S,)
     # Blocking on purpose: collectives must be issued in the same order on every rank, which gloo does not
     # guarantee for collectives started from future callbacks. On NCCL this only orders the CUDA streams.
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=state.group)
     state.counter.add_allreduce(agreed.numel() * agreed.element_size())
-    absmax, overflow = agreed[:-1], agreed[-1] > 0
-    scale = torch.where(absmax > 0, absmax / levels, torch.ones_like(absmax))  # (S,)
-    scale = torch.repeat_interleave(scale, lengths, output_size=buffer.numel())  # (N,)
+    overflow = agreed.isinf().any()  # () bool, stays on the device
+    scale = plan.expand(agreed.div(levels).clamp_(min=torch.finfo(work_dtype).tiny))  # (N,) or (1,)
     quantized = torch.div(corrected, scale).round_().nan_to_num_(0.0, 0.0, 0.0)  # (N,) in [-levels, levels]
     if state.error_feedback:
         residual = torch.addcmul(corrected, quantized, scale, value=-1.0)  # (N,) what was not sent
         keep = old_residual if old_residual is not None else 0.0
-        state.residuals.set(bucket, torch.where(overflow, keep, residual))
+        state.residuals.set(bucket, torch.where(overflow, keep, residual), layout)
     summed = quantized.to(torch.int8)  # (N,)
     state.counter.add_allreduce(summed.numel())
+    # 1 / world_size on every rank, NaN on all of them if any rank saw inf/NaN (an AMP scaler skips the step)
+    factor = agreed.new_full((), 1.0 / world_size).masked_fill_(overflow, float("nan"))  # ()
 
     def dequantize(future: torch.futures.Future) -> torch.Tensor:
         total = future.value()[0]  # (N,) int8 sum over ranks
-        average = total.to(work_dtype).mul_(scale).div_(world_size)  # (N,)
-        average.masked_fill_(overflow, float("nan"))  # inf/NaN on any rank -> NaN bucket everywhere
-        return average.to(buffer.dtype)
+        return torch.mul(total, scale).mul_(factor).to(buffer.dtype)  # (N,) average
 
     future = dist.all_reduce(summed, group=state.group, async_op=True).get_future()
     state.finish_bucket(bucket, compressed=True)

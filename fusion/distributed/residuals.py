@@ -38,9 +38,12 @@ class ResidualStore:
             positions.append(position)
         return tuple(positions)
 
-    def get(self, bucket: dist.GradBucket) -> torch.Tensor | None:
-        """The residual for ``bucket`` as a flat tensor like ``bucket.buffer()``, or None if all zero."""
-        index, layout = bucket.index(), self.layout(bucket)
+    def get(self, bucket: dist.GradBucket, layout: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """The residual for ``bucket`` as a flat tensor like ``bucket.buffer()``, or None if all zero.
+
+        ``layout``: :meth:`layout` of the bucket if the caller already has it.
+        """
+        index, layout = bucket.index(), layout if layout is not None else self.layout(bucket)
         if index in self._flat and self._layout[index] == layout:
             return self._flat[index]
         # the layout changed: re-slice per parameter the buckets that hold this bucket's parameters
@@ -59,9 +62,9 @@ class ResidualStore:
         self._store(index, flat, layout)
         return flat
 
-    def set(self, bucket: dist.GradBucket, residual: torch.Tensor) -> None:
+    def set(self, bucket: dist.GradBucket, residual: torch.Tensor, layout: tuple[int, ...] | None = None) -> None:
         """Stores the new residual of ``bucket`` (flat, same length as its buffer)."""
-        index, layout = bucket.index(), self.layout(bucket)
+        index, layout = bucket.index(), layout if layout is not None else self.layout(bucket)
         if self._layout.get(index) != layout:
             stale = {self._owner[position] for position in layout if position in self._owner}
             self._spill(stale | ({index} if index in self._flat else set()))
