@@ -1,6 +1,7 @@
 """Accuracy table of the fusion recipes and unimodal baselines, on the built-in set and on MNIST + FSDD.
 
-    python benchmarks/fusion_accuracy.py --realdata ../shared/data --out benchmarks/out/fusion [--jobs 4]
+    python benchmarks/fusion_accuracy.py --realdata ../shared/data --out benchmarks/out/fusion [--jobs 4] \
+        [--seeds 0 1] [--gpus 4] [--threads 2]
 
 Builds the speaker-disjoint manifests (clean and degraded images) with fusion.data.pair_digits, trains every
 (data set, model) pair with `train.py` in subprocesses, and writes `results.json` and `results.md` (test
@@ -10,7 +11,9 @@ accuracy, macro-F1 and training time per run). Unimodal baselines use `data.moda
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,11 +45,14 @@ def manifests(realdata: Path | None, out: Path, speakers: list[str], degrade: fl
     return sets
 
 
-def runs(sets: dict[str, str | None], epochs: int, real_epochs: int) -> list[tuple[str, str, list[str]]]:
+def runs(sets: dict[str, str | None], epochs: int, real_epochs: int,
+         extra_models: dict[str, list[str]]) -> list[tuple[str, str, list[str]]]:
     jobs = []
     for data_name, manifest in sets.items():
         n = epochs if manifest is None else real_epochs
         data = [f"data.manifest={manifest}"] if manifest else []
+        for name, overrides in extra_models.items():
+            jobs.append((data_name, name, [*overrides, *data, f"trainer.max_epochs={n}"]))
         modalities = ["image", "audio", "text"] if manifest is None else ["image", "audio"]
         for recipe in ("early", "late", "progressive"):
             jobs.append((data_name, recipe, [f"recipe={recipe}", *data, f"trainer.max_epochs={n}"]))
@@ -57,21 +63,43 @@ def runs(sets: dict[str, str | None], epochs: int, real_epochs: int) -> list[tup
     return jobs
 
 
-def train_one(job: tuple[str, str, list[str]], out: Path, extra: list[str], real_extra: list[str]) -> dict:
+def parse_extra_model(spec: str) -> tuple[str, list[str]]:
+    """'name=o1,o2' -> ('name', ['o1', 'o2']); commas inside {...} or [...] stay in their override."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise SystemExit(f"--extra-models: expected NAME=OVERRIDE[,OVERRIDE...], got '{spec}'")
+    overrides, depth, current = [], 0, ""
+    for char in rest:
+        depth += 1 if char in "{[" else -1 if char in "}]" else 0
+        if char == "," and depth == 0:
+            overrides.append(current)
+            current = ""
+        else:
+            current += char
+    return name, [*overrides, current]
+
+
+def train_one(job: tuple[str, str, list[str]], seed: int, slot: int, out: Path, extra: list[str], real_extra: list[str],
+              gpus: int, threads: int) -> dict:
+    """Trains one (data set, model, seed) run in a subprocess; job slot `slot` picks the GPU (round robin)."""
     data_name, model, overrides = job
     if data_name != "builtin":
         extra = [*extra, *real_extra]
-    run_dir = out / "runs" / data_name / model.replace(" ", "_")
-    cmd = [sys.executable, "train.py", *overrides, *extra, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+    run_dir = out / "runs" / data_name / (model.replace(" ", "_") + (f"-seed{seed}" if seed else ""))
+    cmd = [sys.executable, "train.py", *overrides, *extra, f"seed={seed}", f"hydra.run.dir={run_dir}",
+           "trainer.enable_progress_bar=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-        return {"data": data_name, "model": model, "error": proc.stderr[-500:]}
+        return {"data": data_name, "model": model, "seed": seed, "error": proc.stderr[-500:]}
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(f"[{data_name}] {model}: acc={metrics['test/acc']:.4f} ({wall:.0f}s)", flush=True)
-    result = {"data": data_name, "model": model, "acc": metrics["test/acc"], "f1": metrics["test/f1"],
+    print(f"[{data_name}] {model} seed {seed}: acc={metrics['test/acc']:.4f} ({wall:.0f}s)", flush=True)
+    result = {"data": data_name, "model": model, "seed": seed, "acc": metrics["test/acc"], "f1": metrics["test/f1"],
             "fit_seconds": metrics.get("fit_seconds"), "wall_seconds": round(wall, 1), "run_dir": str(run_dir)}
     with open(out / "results.jsonl", "a") as f:  # partial results survive an interrupted sweep
         f.write(json.dumps(result) + "\n")
@@ -89,11 +117,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs on the built-in set")
     parser.add_argument("--real-epochs", type=int, default=15, help="epochs on MNIST + FSDD")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run each)")
+    parser.add_argument("--builtin-seeds", type=int, nargs="+", default=None, help="seeds on the built-in set (default: --seeds)")
+    parser.add_argument("--gpus", type=int, default=0, help="spread runs over this many GPUs (0: leave CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads per run")
     parser.add_argument("--only", nargs="*", default=None, help="data set names to run (default: all)")
     parser.add_argument("--models", nargs="*", default=None, help="models to run, e.g. late progressive 'image only'")
     parser.add_argument("--held-out-val", action="store_true",
                         help="val split = another speaker (for held-out gate calibration: model.gate_calibration_epochs=N)")
     parser.add_argument("--real-extra", nargs="*", default=[], help="extra Hydra overrides for MNIST + FSDD runs")
+    parser.add_argument("--extra-models", nargs="*", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
+                        help="additional rows, e.g. 'progressive-warp25=recipe=progressive,model.encoders.audio.augment_args={warp:0.25}'"
+                             " (overrides split on commas outside braces)")
     parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,16 +136,22 @@ def main() -> None:
                      args.images_per_recording, args.held_out_val)
     if args.only:
         sets = {k: v for k, v in sets.items() if k in args.only}
-    jobs = [j for j in runs(sets, args.epochs, args.real_epochs) if args.models is None or j[1] in args.models]
+    extra_models = dict(parse_extra_model(spec) for spec in args.extra_models)
+    jobs = [j for j in runs(sets, args.epochs, args.real_epochs, extra_models) if args.models is None or j[1] in args.models]
+    builtin_seeds = args.builtin_seeds or args.seeds
+    seeded = [(job, seed) for job in jobs for seed in (builtin_seeds if job[0] == "builtin" else args.seeds)]
+    slots = itertools.count()
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: train_one(j, args.out, args.extra, args.real_extra), jobs))
+        results = list(pool.map(lambda js: train_one(js[0], js[1], next(slots), args.out, args.extra, args.real_extra,
+                                                     args.gpus, args.threads), seeded))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    lines = ["| data | model | test acc | macro-F1 | fit time (s) |", "|---|---|---|---|---|"]
+    lines = ["| data | model | seed | test acc | macro-F1 | fit time (s) |", "|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['data']} | {r['model']} | error | | |")
+            lines.append(f"| {r['data']} | {r['model']} | {r['seed']} | error | | |")
         else:
-            lines.append(f"| {r['data']} | {r['model']} | {100 * r['acc']:.2f} % | {100 * r['f1']:.2f} % | {r['fit_seconds']} |")
+            lines.append(f"| {r['data']} | {r['model']} | {r['seed']} | {100 * r['acc']:.2f} % | {100 * r['f1']:.2f} % "
+                         f"| {r['fit_seconds']} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

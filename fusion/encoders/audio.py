@@ -72,13 +72,14 @@ class AudioEncoder(nn.Module):
         out_dim: feature size.
         width: channels of the first conv block (doubled per block).
         augment: apply SpectrogramAugment in training mode (helps with unseen speakers).
+        augment_args: keyword arguments of SpectrogramAugment (e.g. {"warp": 0.25}); defaults when None.
     """
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, out_dim: int = 128, width: int = 16,
-                 augment: bool = True):
+                 augment: bool = True, augment_args: dict | None = None):
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels)
-        self.augment = SpectrogramAugment() if augment else None
+        self.augment = SpectrogramAugment(**(augment_args or {})) if augment else None
         layers, channels = [], 1
         for out in (width, width * 2, width * 4):
             layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
