@@ -40,7 +40,9 @@ HOOK_ARGS = {
     "int8": {},
     "topk": {"ratio": 0.001, "warmup_steps": 2},
     "powersgd": {"rank": 2, "warmup_steps": 2},
+    "int8_tensor": {"granularity": "tensor"},  # int8 with one scale per tensor instead of per 512-block
 }
+HOOK_OF_VARIANT = {"int8_tensor": "int8"}
 
 
 # ---- models with the recipes' shapes ----------------------------------------------------------------------
@@ -178,7 +180,7 @@ def wrap(model: nn.Module, hook_name: str, device: torch.device, args: argparse.
             hook = slow_link(hook, counter, args.emulate_gbps, args.latency_us)
         ddp.register_comm_hook(None, hook)
         return ddp, counter
-    state, hook = make_comm_hook(hook_name, model, None, HOOK_ARGS[hook_name])
+    state, hook = make_comm_hook(HOOK_OF_VARIANT.get(hook_name, hook_name), model, None, HOOK_ARGS[hook_name])
     if args.emulate_gbps:
         hook = slow_link(hook, state.counter, args.emulate_gbps, args.latency_us)
     ddp.register_comm_hook(state, hook)
@@ -349,7 +351,8 @@ def main() -> None:
     parser.add_argument("--model", default="progressive",
                         choices=["progressive", "progressive-r50", "clip", "clip-r50", "resnet50"])
     parser.add_argument("--hooks", nargs="+",
-                        default=["none", "allreduce", "fp16", "bf16", "int8", "topk", "powersgd", "torch_uint8"])
+                        default=["none", "allreduce", "fp16", "bf16", "int8", "topk", "powersgd", "torch_uint8"],
+                        choices=["none", "torch_uint8", *HOOK_ARGS])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")

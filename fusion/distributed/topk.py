@@ -4,8 +4,10 @@ Lin et al. 2018, "Deep Gradient Compression". Each rank adds its residual to the
 ``k = ceil(ratio * N)`` entries of largest magnitude, and sends them as compact (value, int32 index)
 pairs packed into one byte buffer. Indices differ across ranks, so the pairs are all-gathered (not
 all-reduced) and scattered into a dense average. Everything not sent stays in the residual. The first
-``warmup_steps`` steps are dense fp32 all-reduces. Momentum correction and local clipping from the paper
-are not applied (the optimizer keeps its own momentum).
+``warmup_steps`` steps are dense fp32 all-reduces. Then, with ``density_warmup_steps``, the sent fraction
+starts at 25 % and shrinks 4x per stage (25 %, 6.25 %, 1.56 %, ...) down to ``ratio``, the stages spread
+evenly over those steps (the paper's exponential sparsity warm-up). Momentum correction and local clipping
+from the paper are not applied (the optimizer keeps its own momentum).
 
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
 optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual as it was.
@@ -31,6 +33,8 @@ class TopKState(HookState):
         process_group: group to reduce over (None: world).
         ratio: fraction of each bucket's entries sent per step, in (0, 1].
         warmup_steps: dense all-reduce steps before sparsification starts.
+        density_warmup_steps: steps after ``warmup_steps`` over which the sent fraction falls exponentially
+            from 25 % to ``ratio`` (0: ``ratio`` from the start).
         value_dtype: wire type of the values: "fp16", "bf16", "fp32" or "fp64" (rounding error goes to the residual).
         granularity: "bucket" (the k largest of the whole bucket) or "tensor" (``ceil(ratio * n)`` largest of
             every gradient tensor; independent of DDP's bucket layout, so a resumed multi-bucket run
@@ -39,7 +43,7 @@ class TopKState(HookState):
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
                  warmup_steps: int = 0, value_dtype: str = "fp16",
-                 granularity: Literal["bucket", "tensor"] = "bucket") -> None:
+                 granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0) -> None:
         super().__init__(module, process_group)
         if granularity not in ("bucket", "tensor"):
             raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {granularity!r}")
@@ -50,13 +54,28 @@ class TopKState(HookState):
             raise ValueError(f"topk warmup_steps must be >= 0, got {warmup_steps}")
         if value_dtype not in _VALUE_DTYPES:
             raise ValueError(f"topk value_dtype must be one of {sorted(_VALUE_DTYPES)}, got {value_dtype!r}")
+        if density_warmup_steps < 0:
+            raise ValueError(f"topk density_warmup_steps must be >= 0, got {density_warmup_steps}")
         self.ratio = ratio
         self.warmup_steps = warmup_steps
+        self.density_warmup_steps = density_warmup_steps
+        self.warmup_densities = []  # 0.25, 0.0625, ... while above ratio
+        density = 0.25
+        while density > ratio:
+            self.warmup_densities.append(density)
+            density /= 4
         self.value_dtype = _VALUE_DTYPES[value_dtype]
 
+    def density(self) -> float:
+        """Fraction sent at the current step (``ratio`` once the density warm-up is over)."""
+        into = self.step - self.warmup_steps
+        if into < 0 or into >= self.density_warmup_steps or not self.warmup_densities:
+            return self.ratio
+        return self.warmup_densities[into * len(self.warmup_densities) // self.density_warmup_steps]
+
     def k(self, numel: int) -> int:
-        """Entries each rank sends for ``numel`` gradients."""
-        return min(numel, max(1, math.ceil(self.ratio * numel)))
+        """Entries each rank sends for ``numel`` gradients at the current step."""
+        return min(numel, max(1, math.ceil(self.density() * numel)))
 
     def select(self, bucket: dist.GradBucket, corrected: torch.Tensor) -> torch.Tensor:
         """Indices of the entries to send: top-k of the bucket, or of each of its tensors."""
