@@ -9,6 +9,8 @@ alpha and beta advance together, one batched matmul per step. If the scaled recu
 to the plain log-space recursion. Viterbi decoding backtracks with ``gather`` for the whole batch at once.
 """
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -130,6 +132,132 @@ class _ScaledLogPartition(torch.autograd.Function):
         return grad_emissions, grad_start, grad_trans, grad_end, None
 
 
+# Largest log-ratio between entries of one (rescaled) product in the tree reduction that float64 holds safely.
+_TREE_LOG_RANGE = 600.0
+
+
+def _tree_is_safe(emissions: Tensor, trans: Tensor) -> bool:
+    """Whether the tree reduction cannot lose terms to float64 underflow.
+
+    Every leaf matrix exp(trans + emission) spans at most ``spread`` in log space (range of the finite
+    transitions plus the widest per-step emission range). A product of leaves spans at most ``2 * spread`` when
+    every transition is allowed; with forbidden transitions a path may need up to K - 1 detour steps at either
+    end, hence ``2 * (K - 1) * spread``.
+    """
+    finite = torch.isfinite(trans)
+    if not bool(finite.any()):
+        return False
+    allowed = trans[finite]
+    emission_range = (emissions.amax(-1) - emissions.amin(-1)).max()
+    spread = float((allowed.max() - allowed.min() + emission_range).item())
+    detour = 1 if bool(finite.all()) else max(trans.shape[0] - 1, 1)
+    return math.isfinite(spread) and 2 * detour * spread <= _TREE_LOG_RANGE
+
+
+def _log_partition_tree(emissions: Tensor, start: Tensor, trans: Tensor, end: Tensor, mask: Tensor) -> Tensor:
+    """log Z by a balanced tree of batched matrix products over time (depth log2 T), float64, autograd.
+
+    Step t >= 1 is the matrix M_t[i, j] = exp(trans[i, j] + emissions[t, j]) (identity at padded steps), so
+    Z = (exp(start + emissions[0]))^T M_1 ... M_{T-1} exp(end). Each leaf and each product is divided by its
+    largest entry (detached: log Z does not depend on these constants, so the gradient stays exact) and the
+    logs of the divisors are added back. Few, large kernels instead of T small ones: meant for the GPU.
+
+    Args:
+        emissions: (B, T, K), padded steps already zero. start, end: (K,). trans: (K, K). mask: (B, T) bool.
+
+    Returns:
+        (B,) float32 log partition.
+    """
+    batch, steps, num_tags = emissions.shape
+    emissions, start, trans, end = emissions.double(), start.double(), trans.double(), end.double()
+    emit_max = emissions.detach().amax(-1, keepdim=True)  # (B, T, 1)
+    emit_exp = torch.exp(emissions - emit_max)  # (B, T, K)
+    trans_max = trans.detach().max()
+    start_max, end_max = start.detach().max(), end.detach().max()
+    first = torch.exp(start - start_max) * emit_exp[:, 0]  # (B, K)
+    valid = mask[:, 1:]  # (B, T-1)
+    log_scale = emit_max[:, 0, 0] + start_max + end_max + ((emit_max[:, 1:, 0] + trans_max) * valid).sum(1)  # (B,)
+    if steps > 1:
+        eye = torch.eye(num_tags, dtype=emit_exp.dtype, device=emit_exp.device)
+        leaves = torch.exp(trans - trans_max)[None, None] * emit_exp[:, 1:, None, :]  # (B, T-1, K, K)
+        product = torch.where(valid[:, :, None, None], leaves, eye)
+        count = steps - 1
+        width = 1 << (count - 1).bit_length()  # next power of two
+        if width > count:
+            product = torch.cat([product, eye.expand(batch, width - count, num_tags, num_tags)], 1)
+        divisors = []
+        while product.shape[1] > 1:
+            product = torch.matmul(product[:, 0::2], product[:, 1::2])  # (B, n/2, K, K)
+            divisor = product.detach().amax((-2, -1), keepdim=True)  # (B, n/2, 1, 1)
+            product = product / divisor
+            divisors.append(divisor.flatten(1))
+        if divisors:
+            log_scale = log_scale + torch.cat(divisors, 1).log().sum(1)
+        first = torch.matmul(first[:, None, :], product[:, 0]).squeeze(1)  # (B, K)
+    total = (first * torch.exp(end - end_max)).sum(-1)  # (B,)
+    return (total.log() + log_scale).float()
+
+
+def _backtrack_by_doubling(pointers: Tensor, final_tags: Tensor, mask: Tensor) -> Tensor:
+    """Viterbi paths from stored backpointers in ceil(log2 T) gathers (pointer doubling), for the GPU.
+
+    Args:
+        pointers: (T-1, K, B) LongTensor, ``pointers[t, j, b]`` best tag at step t before tag j at step t+1.
+        final_tags: (B,) best tag at each sequence's last step.
+        mask: (B, T) bool, right-padded.
+
+    Returns:
+        (B, T) LongTensor; values at padded steps are arbitrary.
+    """
+    steps = mask.shape[1]
+    num_tags = pointers.shape[1]
+    # Padded steps point to themselves, so the chain from step T-1 passes through them unchanged.
+    stay = torch.arange(num_tags, device=pointers.device)[None, None, :]  # (1, 1, K)
+    chain = torch.where(mask.t()[1:, :, None], pointers.transpose(1, 2), stay)  # (T-1, B, K): tag(t+1) -> tag(t)
+    # After the round with offset d, chain[t] maps the tag at step min(t + 2d, T - 1) to the tag at step t.
+    offset = 1
+    while offset < steps - 1:
+        chain[:-offset] = chain[:-offset].gather(2, chain[offset:])
+        offset *= 2
+    before_last = chain.gather(2, final_tags[None, :, None].expand(steps - 1, -1, 1)).squeeze(2)  # (T-1, B)
+    return torch.cat([before_last, final_tags[None]], 0).t()
+
+
+def _backtrack_recomputing(scores: Tensor, trans: Tensor, final_tags: Tensor, lengths: Tensor) -> Tensor:
+    """Viterbi paths by recomputing each backpointer along the chosen path only, in NumPy (for the CPU).
+
+    Sequences are right-aligned first (step r of the loop is step L - 2 - r of a sequence of length L), so the
+    loop needs no masking: three small NumPy calls per step.
+
+    Args:
+        scores: (T, K, B) best score of a path ending in each tag. trans: (K, K). final_tags: (B,).
+        lengths: (B,) sequence lengths.
+
+    Returns:
+        (B, T) LongTensor; values at padded steps are arbitrary.
+    """
+    steps, num_tags, batch = scores.shape
+    device = scores.device
+    sequence = torch.arange(batch, device=device)
+    back = torch.arange(steps - 1, device=device)[:, None]  # (T-1, 1)
+    source = (lengths[None, :] - 2 - back).clamp_min(0)  # (T-1, B) step scored at loop iteration r
+    aligned = scores.permute(0, 2, 1)[source, sequence].cpu().numpy()  # (T-1, B, K)
+    trans_into = trans.t().contiguous().cpu().numpy()  # (K_next, K_prev)
+    tags = final_tags.cpu().numpy()
+    backtracked = np.empty((steps, batch), dtype=np.int64)  # row r: tag at step L - 1 - r
+    backtracked[0] = tags
+    candidates = np.empty((batch, num_tags), dtype=aligned.dtype)
+    for r in range(steps - 1):
+        np.take(trans_into, tags, axis=0, out=candidates)
+        candidates += aligned[r]
+        tags = backtracked[r + 1]
+        np.argmax(candidates, axis=1, out=tags)
+    right_aligned = torch.from_numpy(backtracked).to(device)  # (T, B)
+    time = torch.arange(steps, device=device)[None, :]  # (1, T)
+    source = (lengths[:, None] - 1 - time).clamp_min(0)  # (B, T)
+    return right_aligned.t().gather(1, source)
+
+
 class LinearChainCRF(nn.Module):
     """Linear-chain CRF over K tags with learned start, end and transition scores.
 
@@ -172,11 +300,23 @@ class LinearChainCRF(nn.Module):
         Returns:
             (B,) log partition function.
         """
+        return self._log_partition(emissions, mask, "auto")
+
+    def _log_partition(self, emissions: Tensor, mask: Tensor | None, method: str) -> Tensor:
+        """log Z by ``method``: "tree" (log-depth matrix products), "scaled" (sequential forward-backward) or
+        "auto" (tree on CUDA when it cannot underflow, else scaled). Falls back to log space if not finite."""
+        if method not in ("auto", "tree", "scaled"):
+            raise ValueError(f"method must be auto|tree|scaled, got {method!r}")
         mask = _check_inputs(emissions, mask, self.num_tags)
         emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
         trans = self.effective_transitions().float()
         start, end = self.start_transitions.float(), self.end_transitions.float()
-        log_z = _ScaledLogPartition.apply(emissions, start, trans, end, mask)
+        if method == "auto":
+            method = "tree" if emissions.is_cuda and _tree_is_safe(emissions, trans) else "scaled"
+        if method == "tree":
+            log_z = _log_partition_tree(emissions, start, trans, end, mask)
+        else:
+            log_z = _ScaledLogPartition.apply(emissions, start, trans, end, mask)
         if not bool(torch.isfinite(log_z).all()):
             log_z = self._log_partition_logspace(emissions, mask)
         return log_z
@@ -267,44 +407,27 @@ class LinearChainCRF(nn.Module):
             store_backpointers = emissions.is_cuda
 
         # Forward max-sum pass, tag-major (T, K, B): the max over the previous tag runs over the outermost
-        # dimension, which is vectorised.
+        # dimension, which is vectorised. Rounding matches (score + transition) + emission of the reference.
         emissions_tm = emissions.permute(1, 2, 0).contiguous()  # (T, K, B)
-        trans_ij = trans[:, :, None]  # (K_prev, K_next, 1)
-        score = emissions_tm[0] + self.start_transitions.float()[:, None]  # (K, B)
-        history, pointers = [score], []
+        trans_ij = trans[:, :, None].contiguous()  # (K_prev, K_next, 1)
+        scores = torch.empty_like(emissions_tm)  # (T, K, B) best score of a path ending in each tag
+        torch.add(emissions_tm[0], self.start_transitions.float()[:, None], out=scores[0])
+        candidates = emissions_tm.new_empty(num_tags, num_tags, batch)  # (K_prev, K_next, B)
+        pointers = emissions_tm.new_empty(max(steps - 1, 0), num_tags, batch, dtype=torch.long)  # (T-1, K, B)
         for t in range(1, steps):
+            torch.add(scores[t - 1][:, None, :], trans_ij, out=candidates)
             if store_backpointers:
-                best, best_prev = (score[:, None, :] + trans_ij).max(0)  # (K, B), (K, B)
-                score = best.add_(emissions_tm[t])
-                pointers.append(best_prev)
+                torch.max(candidates, 0, out=(scores[t], pointers[t - 1]))
             else:
-                score = torch.amax(score[:, None, :] + trans_ij, 0).add_(emissions_tm[t])  # (K, B)
-            history.append(score)
-        scores = torch.stack(history).permute(0, 2, 1)  # (T, B, K) best score of a path ending in each tag
-        final = scores.gather(0, (lengths - 1)[None, :, None].expand(1, batch, num_tags)).squeeze(0)  # (B, K)
-        current = (final + self.end_transitions.float()).argmax(-1, keepdim=True)  # (B, 1)
-        inside = mask.t()  # (T, B)
-        if store_backpointers and steps > 1:
-            # Padded steps point to themselves, so backtracking from T-1 passes through them unchanged.
-            stay = torch.arange(num_tags, device=emissions.device)[None, :, None]  # (1, K, 1)
-            table = torch.where(inside[1:, None, :], torch.stack(pointers), stay).transpose(1, 2)  # (T-1, B, K)
-            path = [current]
-            for t in range(steps - 2, -1, -1):
-                current = table[t].gather(1, current)  # (B, 1) tag at step t
-                path.append(current)
-            paths = torch.cat(path[::-1], dim=1)  # (B, T)
+                torch.amax(candidates, 0, out=scores[t])
+            scores[t].add_(emissions_tm[t])
+        last = (lengths - 1)[None, None, :].expand(1, num_tags, batch)  # (1, K, B)
+        final = scores.gather(0, last).squeeze(0)  # (K, B)
+        final_tags = (final + self.end_transitions.float()[:, None]).argmax(0)  # (B,)
+        if steps == 1:
+            paths = final_tags[:, None]
+        elif store_backpointers:
+            paths = _backtrack_by_doubling(pointers, final_tags, mask)
         else:
-            # Recompute each backpointer along the chosen path, with NumPy on the CPU (a few microseconds per step).
-            table = scores.cpu().contiguous().numpy()  # (T, B, K)
-            trans_into = trans.t().cpu().contiguous().numpy()  # (K_next, K_prev)
-            inside_np = inside.cpu().numpy()
-            tags = current.squeeze(1).cpu().numpy()  # (B,)
-            backtracked = np.empty((steps, batch), dtype=np.int64)
-            backtracked[steps - 1] = tags
-            for t in range(steps - 1, 0, -1):
-                previous = (table[t - 1] + trans_into[tags]).argmax(-1)  # (B,)
-                # Before a sequence's last step is reached, keep its final tag (padded steps are masked below).
-                tags = np.where(inside_np[t], previous, tags)
-                backtracked[t - 1] = tags
-            paths = torch.from_numpy(backtracked).t().to(emissions.device)  # (B, T)
+            paths = _backtrack_recomputing(scores, trans, final_tags, lengths)
         return paths.masked_fill(~mask, pad_value), lengths
