@@ -190,7 +190,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="progressive")
     parser.add_argument("--variants", nargs="+",
                         default=["none", "int8", "topk0.1=topk:ratio=0.001,warmup_steps=10",
-                                 "topk1=topk:ratio=0.01,warmup_steps=10"])
+                                 "topk0.1dw=topk:ratio=0.001,warmup_steps=10,density_warmup_steps=48",
+                                 "topk0.3=topk:ratio=0.003,warmup_steps=10", "topk1=topk:ratio=0.01,warmup_steps=10"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--devices", type=int, default=2, help="DDP processes per run")
     parser.add_argument("--accelerator", default="cpu")
