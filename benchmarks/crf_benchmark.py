@@ -1,11 +1,15 @@
 """Speed of fusion.temporal.crf.LinearChainCRF against pytorch-crf (torchcrf.CRF).
 
-Both CRFs share the same parameters; the script first checks that log-likelihoods and Viterbi paths agree,
-then times (a) negative log-likelihood + backward and (b) Viterbi decoding, alternating the two
-implementations inside one loop and reporting medians.
+Both CRFs share the same parameters; the script first checks that log-likelihoods, gradients and Viterbi paths
+agree, then times (a) negative log-likelihood + backward and (b) Viterbi decoding. In every round each timed
+function runs once, in an order rotated from round to round, so both implementations see the same machine
+load; medians over the rounds after warm-up and their ratios are reported. On CUDA every timing is bracketed
+by device synchronisation. Besides the default dispatch ("auto"), the script times our alternative paths
+(log Z by the sequential scaled recursion and by the tree reduction; decoding with stored backpointers or with
+backpointers recomputed along the path) so the dispatch choice can be checked on each device.
 
-    python benchmarks/crf_benchmark.py --device cpu
-    python benchmarks/crf_benchmark.py --device cuda --json results_crf_cuda.json
+    python benchmarks/crf_benchmark.py --device cpu --threads 1 --out benchmarks/results_crf_cpu.json
+    python benchmarks/crf_benchmark.py --device cuda --out results_crf_gpu.json
 """
 
 import argparse
@@ -50,9 +54,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--tags", type=int, default=31)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--out", "--json", dest="out", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
 
     import torchcrf  # test/benchmark-only dependency
@@ -71,35 +75,59 @@ def main() -> None:
     lengths[0] = args.steps
     mask = torch.arange(args.steps, device=device)[None] < lengths[:, None]  # (B, T)
 
-    # Agreement check before timing.
-    ll_ours = ours.log_likelihood(emissions, tags, mask)
-    ll_ref = ref(emissions, tags, mask, reduction="none")
-    max_ll_diff = (ll_ours - ll_ref).abs().max().item()
-    paths, lens = ours.decode(emissions, mask)
+    # Agreement before timing: log-likelihoods and emission gradients of every log Z path, Viterbi paths of both
+    # backtracking variants.
+    e_ref = emissions.clone().requires_grad_(True)
+    ll_ref = ref(e_ref, tags, mask, reduction="none")
+    ll_ref.sum().backward()
+    agreement = {}
+    for method in ("auto", "scaled", "tree"):
+        e_ours = emissions.clone().requires_grad_(True)
+        ll = ours.score(e_ours, tags, mask) - ours._log_partition(e_ours, mask, method)
+        ll.sum().backward()
+        agreement[f"max_loglik_diff_{method}"] = (ll - ll_ref).abs().max().item()
+        agreement[f"max_grad_diff_{method}"] = (e_ours.grad - e_ref.grad).abs().max().item()
     ref_paths = ref.decode(emissions, mask)
-    paths_equal = all(paths[i, : lens[i]].tolist() == ref_paths[i] for i in range(args.batch))
+    for stored in (None, True, False):
+        paths, lens = ours.decode(emissions, mask, store_backpointers=stored)
+        name = {None: "auto", True: "stored", False: "recomputed"}[stored]
+        agreement[f"paths_equal_{name}"] = all(paths[i, : lens[i]].tolist() == ref_paths[i] for i in range(args.batch))
 
-    def nll_backward(crf, is_ref):
+    def nll_backward(crf, method=None):
         em = emissions.detach().requires_grad_(True)
         crf.zero_grad(set_to_none=True)
-        loss = -crf(em, tags, mask, reduction="mean") if is_ref else crf(em, tags, mask, reduction="mean")
+        if method is None:  # the public call path of each implementation
+            loss = -crf(em, tags, mask, reduction="mean") if crf is ref else crf(em, tags, mask, reduction="mean")
+        else:
+            loss = -(crf.score(em, tags, mask) - crf._log_partition(em, mask, method)).mean()
         loss.backward()
 
-    def decode(crf, is_ref):
+    def decode(crf, stored=None):
         with torch.no_grad():
-            crf.decode(emissions, mask)
+            if crf is ref:
+                crf.decode(emissions, mask)
+            else:
+                crf.decode(emissions, mask, store_backpointers=stored)
 
-    timings = {k: [] for k in ("ours_nll_backward", "ref_nll_backward", "ours_decode", "ref_decode")}
+    functions = {
+        "ours_nll_backward": lambda: nll_backward(ours),
+        "ref_nll_backward": lambda: nll_backward(ref),
+        "ours_decode": lambda: decode(ours),
+        "ref_decode": lambda: decode(ref),
+        "ours_nll_backward_scaled": lambda: nll_backward(ours, "scaled"),
+        "ours_nll_backward_tree": lambda: nll_backward(ours, "tree"),
+        "ours_decode_stored": lambda: decode(ours, True),
+        "ours_decode_recomputed": lambda: decode(ours, False),
+    }
+    names = list(functions)
+    timings = {k: [] for k in names}
+    load_before = os.getloadavg()[0]
     for i in range(args.warmup + args.repeats):
-        row = {
-            "ours_nll_backward": _time(lambda: nll_backward(ours, False), device),
-            "ref_nll_backward": _time(lambda: nll_backward(ref, True), device),
-            "ours_decode": _time(lambda: decode(ours, False), device),
-            "ref_decode": _time(lambda: decode(ref, True), device),
-        }
-        if i >= args.warmup:
-            for k, v in row.items():
-                timings[k].append(v)
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
+            elapsed = _time(functions[name], device)
+            if i >= args.warmup:
+                timings[name].append(elapsed)
 
     med = {k: statistics.median(v) for k, v in timings.items()}
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
@@ -107,19 +135,30 @@ def main() -> None:
         "device": str(device),
         "card": card,
         "threads": torch.get_num_threads(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min_before": round(load_before, 2),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "shape": [args.batch, args.steps, args.tags],
         "repeats": args.repeats,
-        "max_loglik_diff": max_ll_diff,
-        "paths_equal": paths_equal,
+        "warmup": args.warmup,
+        **agreement,
         **{f"{k}_ms": round(v, 3) for k, v in med.items()},
         "speedup_nll_backward": round(med["ref_nll_backward"] / med["ours_nll_backward"], 2),
         "speedup_decode": round(med["ref_decode"] / med["ours_decode"], 2),
+        "speedup_nll_backward_scaled": round(med["ref_nll_backward"] / med["ours_nll_backward_scaled"], 2),
+        "speedup_nll_backward_tree": round(med["ref_nll_backward"] / med["ours_nll_backward_tree"], 2),
+        "speedup_decode_stored": round(med["ref_decode"] / med["ours_decode_stored"], 2),
+        "speedup_decode_recomputed": round(med["ref_decode"] / med["ours_decode_recomputed"], 2),
+        # Ratios within each round (same load), median over rounds: less sensitive to load drifting between rounds.
+        "speedup_nll_backward_paired": round(statistics.median(
+            r / o for r, o in zip(timings["ref_nll_backward"], timings["ours_nll_backward"])), 2),
+        "speedup_decode_paired": round(statistics.median(
+            r / o for r, o in zip(timings["ref_decode"], timings["ours_decode"])), 2),
     }
     print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
 
 
