@@ -7,7 +7,8 @@ starts. A finished run (``metrics.json`` present) is not run again, so an interr
 
 A variant is ``hook`` or ``label=hook:key=value,key=value`` (hook arguments, e.g. ``topk1=topk:ratio=0.01``).
 Reported per variant: test accuracy mean and std over seeds, the paired difference against ``none`` with the same
-seed (mean, std, worst), bytes per compressed step and compression against an fp32 all-reduce.
+seed (mean, std, worst), bytes per compressed step and compression against an fp32 all-reduce: averaged over
+the compressed steps (a density warm-up counts), at the last logged step (after every warm-up), and whole run.
 
     python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 20 --seeds 0 1 2 3 4 \\
         --variants none int8 topk0.1=topk:ratio=0.001,warmup_steps=10 topk1=topk:ratio=0.01,warmup_steps=10
@@ -15,6 +16,7 @@ seed (mean, std, worst), bytes per compressed step and compression against an fp
 """
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -134,9 +136,25 @@ def collect(out: Path, variants: list[Variant], seeds: list[int]) -> list[dict]:
             path = out / variant.label / f"seed{seed}" / "metrics.json"
             if path.exists():
                 metrics = json.loads(path.read_text())
+                metrics.update(steady_state(path.parent))
                 rows.append({"variant": variant.label, "hook": variant.hook, "args": variant.args, "seed": seed,
                              **{k: v for k, v in metrics.items() if not k.startswith("test/gate")}})
     return rows
+
+
+def steady_state(run_dir: Path) -> dict[str, float]:
+    """Bytes per step and compression of the last logged optimizer step (after every warm-up)."""
+    log = run_dir / "logs" / "metrics.csv"
+    if not log.exists():
+        log = next(iter(sorted((run_dir / "logs").glob("*/metrics.csv"))), log)
+    if not log.exists():
+        return {}
+    with log.open() as f:
+        logged = [row for row in csv.DictReader(f) if row.get("comm/bytes_per_step")]
+    if not logged:
+        return {}
+    return {"steady/bytes_per_step": float(logged[-1]["comm/bytes_per_step"]),
+            "steady/compression": float(logged[-1]["comm/compression"])}
 
 
 def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
@@ -157,6 +175,7 @@ def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
         compressed = [c for c in compressed if c is not None]
         bytes_per_step = statistics.mean(compressed) if compressed else fp32
         whole_run = [r["comm/compression"] for r in mine if "comm/compression" in r]
+        steady = [r["steady/compression"] for r in mine if "steady/compression" in r]
         summary.append({
             "variant": variant.label, "hook": variant.hook, "args": variant.args, "seeds": len(mine),
             "acc_mean": statistics.mean(accs), "acc_std": spread(accs),
@@ -166,6 +185,7 @@ def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
             "bytes_per_compressed_step": bytes_per_step, "fp32_bytes_per_step": fp32,
             "compression": fp32 / bytes_per_step if bytes_per_step else float("nan"),
             "compression_whole_run": statistics.mean(whole_run) if whole_run else 1.0,
+            "compression_steady": statistics.mean(steady) if steady else 1.0,
             "fit_seconds_mean": statistics.mean(r["fit_seconds"] for r in mine),
         })
     return summary
@@ -173,14 +193,14 @@ def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
 
 def markdown(summary: list[dict], header: str) -> str:
     lines = [header, "", "| variant | hook args | seeds | test acc % (mean ± std) | vs none, paired (mean ± std, worst) "
-             "| bytes/step (compressed steps) | compression | compression (whole run) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| bytes/step (compressed steps) | compression (compressed steps) | compression (last step) "
+             "| compression (whole run) |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         args = ",".join(f"{k}={v}" for k, v in s["args"].items()) or "-"
         lines.append(f"| {s['variant']} | {args} | {s['seeds']} | {s['acc_mean']:.2f} ± {s['acc_std']:.2f} | "
                      f"{s['diff_vs_none_mean']:+.2f} ± {s['diff_vs_none_std']:.2f} ({s['diff_vs_none_worst']:+.2f}) | "
                      f"{s['bytes_per_compressed_step'] / 1e3:.1f} kB | {s['compression']:.1f}x | "
-                     f"{s['compression_whole_run']:.1f}x |")
+                     f"{s['compression_steady']:.1f}x | {s['compression_whole_run']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
