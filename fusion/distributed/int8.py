@@ -8,8 +8,10 @@ int8 all-reduce(SUM) of all ranks cannot overflow, then dequantized and averaged
 in the residual and is added to the next step's gradient (error feedback, Seide et al. 2014; Karimireddy
 et al. 2019, "Error Feedback Fixes SignSGD").
 
-Non-finite gradients are never clamped: if any rank sees inf/NaN, every rank gets NaN for that bucket (so
-an AMP grad scaler skips the step) and the residual is left unchanged. Block and tensor scales make the
+Non-finite gradients are never clamped: if any rank sees inf/NaN, its group maximum is sent as +inf, every
+rank gets NaN for that bucket (so an AMP grad scaler skips the step) and the residual is left unchanged.
+Group offsets and the entry-to-group index are built once per bucket layout, so the hook never waits for
+the device (no host synchronisation). Block and tensor scales make the
 result independent of DDP's bucket layout, so a resumed run reproduces an uninterrupted one exactly.
 """
 
