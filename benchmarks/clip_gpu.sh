@@ -61,6 +61,8 @@ FT_COMMON=("recipe=progressive" "data.modalities=[audio,image]" "data.batch_size
 # data: the built-in set is generated once (all runs then reuse it); the manifest pairs every FSDD
 # recording with an MNIST image and a caption; FSDD speaker "theo" is the test split only
 stamp "data from $FUSION_REALDATA"
+{ nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"; echo "cpu cores: $(nproc)"
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$OUT/machine.txt" 2>&1
 "$PY" -c "from fusion.data.builtin_digits import ensure_builtin_digits; print(ensure_builtin_digits())" &
 prep=$!
 "$PY" benchmarks/clip_build_digits_manifest.py --out "$MANIFEST"
@@ -86,5 +88,6 @@ failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
 "$PY" benchmarks/clip_gpu_summary.py "$OUT" || failed=1
 if [ "${KEEP_CKPT:-0}" != 1 ]; then find "$OUT" -name '*.ckpt' -delete; fi
+echo "wall_seconds: $(( $(date +%s) - START ))" >>"$OUT/machine.txt"
 stamp "finished (failed=$failed); summary: $OUT/summary.json"
 exit $failed
