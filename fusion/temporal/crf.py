@@ -47,64 +47,67 @@ def _check_inputs(emissions: Tensor, mask: Tensor | None, num_tags: int) -> Tens
 class _ScaledLogPartition(torch.autograd.Function):
     """log Z via the scaled forward algorithm; gradients are the forward-backward marginals.
 
-    Works time-major, (T, B, K), so every per-step tensor is contiguous and written in place. When gradients
-    are needed, the backward recursion runs in the same loop as the forward one: each sequence is reversed
-    within its length, which turns beta_t = E (x_{t+1} * beta_{t+1}) into a forward-style recursion, and both
-    are advanced by one (B, 2K) @ (2K, 2K) block-diagonal product per step.
+    Works time-major, (T, R, B, K), so every per-step tensor is contiguous and written in place (R = 2 when
+    gradients are needed, else 1). The backward recursion runs in the same loop as the forward one: each
+    sequence is reversed within its length, which turns beta_t = E (x_{t+1} * beta_{t+1}) into a forward-style
+    recursion, and both are advanced by one batched (2, B, K) @ (2, K, K) product per step.
     """
 
     @staticmethod
     def forward(ctx, emissions: Tensor, start: Tensor, trans: Tensor, end: Tensor, mask: Tensor) -> Tensor:
         batch, steps, num_tags = emissions.shape
         lengths = mask.sum(1)  # (B,)
+        need_grad = any(ctx.needs_input_grad[:4])
+        rows = 2 if need_grad else 1
         emit_max = emissions.amax(-1, keepdim=True)  # (B, T, 1)
-        emit_exp = torch.exp(emissions - emit_max).transpose(0, 1).contiguous()  # (T, B, K)
+        inputs = emissions.new_empty(steps, rows, batch, num_tags)  # (T, R, B, K)
+        emit_exp = inputs[:, 0]  # (T, B, K) view
+        torch.sub(emissions.transpose(0, 1), emit_max.transpose(0, 1), out=emit_exp).exp_()
         trans_max = trans.max()
         trans_exp = torch.exp(trans - trans_max)  # (K, K)
         start_max, end_max = start.max(), end.max()
         end_exp = torch.exp(end - end_max)  # (K,)
-        need_grad = any(ctx.needs_input_grad[:4])
+        start_exp = torch.exp(start - start_max)
 
-        time = torch.arange(steps, device=emissions.device)[:, None]  # (T, 1)
-        reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)  # (T, B)
-        sequence = torch.arange(batch, device=emissions.device)[None, :]  # (1, B)
-        rows = 2 if need_grad else 1
         if need_grad:
-            inputs = torch.cat([emit_exp, emit_exp[reverse, sequence]], -1)  # (T, B, 2K)
-            matrix = torch.block_diag(trans_exp, trans_exp.t())  # (2K, 2K)
-            first = torch.cat([torch.exp(start - start_max), end_exp])  # (2K,)
+            time = torch.arange(steps, device=emissions.device)[:, None]  # (T, 1)
+            reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)  # (T, B), involution
+            reverse = reverse[:, :, None].expand(steps, batch, num_tags)
+            torch.gather(emit_exp, 0, reverse, out=inputs[:, 1])  # sequences reversed within their lengths
+            matrices = torch.stack([trans_exp, trans_exp.t()])  # (2, K, K)
+            first = torch.stack([start_exp, end_exp])[:, None, :]  # (2, 1, K)
         else:
-            inputs, matrix, first = emit_exp, trans_exp, torch.exp(start - start_max)
-        # Left half: normalised alpha_t. Right half (sequence reversed): c_r = x'_r * beta'_r, beta'_r = E c_{r-1}.
-        state = torch.empty_like(inputs)  # (T, B, R*K)
-        before_emission = torch.empty_like(inputs)  # (T, B, R*K): right half holds beta'_r
-        norms = torch.empty(steps, batch, rows, 1, dtype=inputs.dtype, device=inputs.device)  # (T, B, R, 1)
-        torch.mul(inputs[0], first, out=state[0])
-        halves = state.view(steps, batch, rows, num_tags)  # (T, B, R, K) view
-        torch.sum(halves[0], -1, keepdim=True, out=norms[0])
-        halves[0].div_(norms[0])
+            matrices, first = trans_exp[None], start_exp[None, None]
+        # Row 0: normalised alpha_t. Row 1 (sequence reversed): c_r = x'_r * beta'_r, beta'_r = E c_{r-1}.
+        state = torch.empty_like(inputs)  # (T, R, B, K)
+        before_emission = torch.empty_like(inputs)  # (T, R, B, K): row 1 holds beta'_r
+        norms = emissions.new_empty(steps, rows, batch, 1)  # (T, R, B, 1)
+        states, befores, xs, scales = state.unbind(0), before_emission.unbind(0), inputs.unbind(0), norms.unbind(0)
+        torch.mul(xs[0], first, out=states[0])
+        torch.sum(states[0], -1, keepdim=True, out=scales[0])
+        states[0].div_(scales[0])
         for t in range(1, steps):
-            torch.mm(state[t - 1], matrix, out=before_emission[t])
-            torch.mul(before_emission[t], inputs[t], out=state[t])
-            torch.sum(halves[t], -1, keepdim=True, out=norms[t])
-            halves[t].div_(norms[t])
+            torch.bmm(states[t - 1], matrices, out=befores[t])
+            torch.mul(befores[t], xs[t], out=states[t])
+            torch.sum(states[t], -1, keepdim=True, out=scales[t])
+            states[t].div_(scales[t])
 
-        probs = halves[:, :, 0]  # (T, B, K)
+        probs = state[:, 0]  # (T, B, K)
         valid = mask.to(emissions.dtype)  # (B, T)
         last = (lengths - 1)[None, :, None].expand(1, batch, num_tags)  # (1, B, K)
         alpha_last = probs.gather(0, last).squeeze(0)  # (B, K)
         final = (alpha_last * end_exp).sum(-1)  # (B,)
         log_z = (
-            ((norms[:, :, 0, 0].t().log() + emit_max.squeeze(-1)) * valid).sum(1)
+            ((norms[:, 0, :, 0].t().log() + emit_max.squeeze(-1)) * valid).sum(1)
             + final.log()
             + start_max
             + end_max
             + trans_max * (lengths - 1).to(emissions.dtype)
         )
         if need_grad:
-            beta_rev = before_emission[:, :, num_tags:]  # (T, B, K)
+            beta_rev = before_emission[:, 1]  # (T, B, K)
             beta_rev[0] = end_exp  # beta'_0 = beta_{L-1} = end
-            betas = beta_rev[reverse, sequence]  # (T, B, K), unnormalised
+            betas = beta_rev.gather(0, reverse)  # (T, B, K), unnormalised
             ctx.save_for_backward(probs, betas, emit_exp, trans_exp, mask, lengths)
         return log_z
 
@@ -238,10 +241,10 @@ def _backtrack_recomputing(scores: Tensor, trans: Tensor, final_tags: Tensor, le
     """
     steps, num_tags, batch = scores.shape
     device = scores.device
-    sequence = torch.arange(batch, device=device)
     back = torch.arange(steps - 1, device=device)[:, None]  # (T-1, 1)
     source = (lengths[None, :] - 2 - back).clamp_min(0)  # (T-1, B) step scored at loop iteration r
-    aligned = scores.permute(0, 2, 1)[source, sequence].cpu().numpy()  # (T-1, B, K)
+    aligned = scores.gather(0, source[:, None, :].expand(steps - 1, num_tags, batch))  # (T-1, K, B)
+    aligned = aligned.transpose(1, 2).contiguous().cpu().numpy()  # (T-1, B, K)
     trans_into = trans.t().contiguous().cpu().numpy()  # (K_next, K_prev)
     tags = final_tags.cpu().numpy()
     backtracked = np.empty((steps, batch), dtype=np.int64)  # row r: tag at step L - 1 - r
@@ -300,15 +303,23 @@ class LinearChainCRF(nn.Module):
         Returns:
             (B,) log partition function.
         """
-        return self._log_partition(emissions, mask, "auto")
+        emissions, mask = self._prepare(emissions, mask)
+        return self._log_partition_prepared(emissions, mask, "auto")
+
+    def _prepare(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Checked bool mask and float32 emissions with padded steps set to zero."""
+        mask = _check_inputs(emissions, mask, self.num_tags)
+        return emissions.float().masked_fill(~mask[:, :, None], 0.0), mask
 
     def _log_partition(self, emissions: Tensor, mask: Tensor | None, method: str) -> Tensor:
         """log Z by ``method``: "tree" (log-depth matrix products), "scaled" (sequential forward-backward) or
-        "auto" (tree on CUDA when it cannot underflow, else scaled). Falls back to log space if not finite."""
+        "auto" (tree on CUDA when it cannot underflow, else scaled)."""
+        emissions, mask = self._prepare(emissions, mask)
+        return self._log_partition_prepared(emissions, mask, method)
+
+    def _log_partition_prepared(self, emissions: Tensor, mask: Tensor, method: str) -> Tensor:
         if method not in ("auto", "tree", "scaled"):
             raise ValueError(f"method must be auto|tree|scaled, got {method!r}")
-        mask = _check_inputs(emissions, mask, self.num_tags)
-        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
         trans = self.effective_transitions().float()
         start, end = self.start_transitions.float(), self.end_transitions.float()
         if method == "auto":
@@ -341,24 +352,27 @@ class LinearChainCRF(nn.Module):
         Returns:
             (B,) path scores.
         """
-        mask = _check_inputs(emissions, mask, self.num_tags)
+        emissions, mask = self._prepare(emissions, mask)
+        return self._score_prepared(emissions, tags, mask)
+
+    def _score_prepared(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Path scores from prepared inputs (see ``_prepare``), all sequences at once with gathers."""
         if tags.shape != mask.shape:
             raise ValueError(f"tags must have shape {tuple(mask.shape)}, got {tuple(tags.shape)}")
         tags = tags.long().masked_fill(~mask, 0)
         if bool(((tags < 0) | (tags >= self.num_tags)).any()):
             raise ValueError(f"tags must lie in [0, {self.num_tags}) at unmasked steps")
-        valid = mask.float()
-        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
-        unary = (emissions.gather(2, tags[:, :, None]).squeeze(2) * valid).sum(1)  # (B,)
+        unary = emissions.gather(2, tags[:, :, None]).sum((1, 2))  # (B,), padded emissions are zero
         trans = self.effective_transitions().float()
-        pair = trans[tags[:, :-1], tags[:, 1:]]  # (B, T-1)
-        pair = torch.where(mask[:, 1:], pair, torch.zeros_like(pair)).sum(1)
+        pair = trans.flatten()[tags[:, :-1] * self.num_tags + tags[:, 1:]]  # (B, T-1)
+        pair = pair.masked_fill(~mask[:, 1:], 0.0).sum(1)
         last_tag = tags.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)  # (B,)
         return self.start_transitions[tags[:, 0]] + unary + pair + self.end_transitions[last_tag]
 
     def log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
         """log p(tags | emissions) for each sequence, shape (B,)."""
-        return self.score(emissions, tags, mask) - self.log_partition(emissions, mask)
+        emissions, mask = self._prepare(emissions, mask)
+        return self._score_prepared(emissions, tags, mask) - self._log_partition_prepared(emissions, mask, "auto")
 
     def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None, reduction: str = "mean") -> Tensor:
         """Negative log-likelihood of ``tags``.
@@ -399,7 +413,6 @@ class LinearChainCRF(nn.Module):
             lengths: (B,) LongTensor of sequence lengths.
         """
         mask = _check_inputs(emissions, mask, self.num_tags)
-        emissions = emissions.float().masked_fill(~mask[:, :, None], 0.0)
         batch, steps, num_tags = emissions.shape
         trans = self.effective_transitions().float()
         lengths = mask.sum(1)
@@ -408,19 +421,21 @@ class LinearChainCRF(nn.Module):
 
         # Forward max-sum pass, tag-major (T, K, B): the max over the previous tag runs over the outermost
         # dimension, which is vectorised. Rounding matches (score + transition) + emission of the reference.
-        emissions_tm = emissions.permute(1, 2, 0).contiguous()  # (T, K, B)
+        # Padded steps are computed too but never read (the backtrack starts at each sequence's last step).
+        emissions_tm = emissions.float().permute(1, 2, 0).contiguous()  # (T, K, B)
         trans_ij = trans[:, :, None].contiguous()  # (K_prev, K_next, 1)
         scores = torch.empty_like(emissions_tm)  # (T, K, B) best score of a path ending in each tag
         torch.add(emissions_tm[0], self.start_transitions.float()[:, None], out=scores[0])
         candidates = emissions_tm.new_empty(num_tags, num_tags, batch)  # (K_prev, K_next, B)
         pointers = emissions_tm.new_empty(max(steps - 1, 0), num_tags, batch, dtype=torch.long)  # (T-1, K, B)
+        score_steps, emission_steps, pointer_steps = scores.unbind(0), emissions_tm.unbind(0), pointers.unbind(0)
         for t in range(1, steps):
-            torch.add(scores[t - 1][:, None, :], trans_ij, out=candidates)
+            torch.add(score_steps[t - 1].unsqueeze(1), trans_ij, out=candidates)
             if store_backpointers:
-                torch.max(candidates, 0, out=(scores[t], pointers[t - 1]))
+                torch.max(candidates, 0, out=(score_steps[t], pointer_steps[t - 1]))
             else:
-                torch.amax(candidates, 0, out=scores[t])
-            scores[t].add_(emissions_tm[t])
+                torch.amax(candidates, 0, out=score_steps[t])
+            score_steps[t].add_(emission_steps[t])
         last = (lengths - 1)[None, None, :].expand(1, num_tags, batch)  # (1, K, B)
         final = scores.gather(0, last).squeeze(0)  # (K, B)
         final_tags = (final + self.end_transitions.float()[:, None]).argmax(0)  # (B,)
