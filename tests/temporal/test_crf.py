@@ -137,3 +137,112 @@ def test_bad_inputs_raise_clear_errors():
         crf(emissions, torch.full((2, 4), 3))
     with pytest.raises(ValueError, match="predecessor"):
         LinearChainCRF(2, allowed_transitions=torch.tensor([[True, False], [True, False]]))
+
+
+LOG_Z_METHODS = ["scaled", "tree"]
+
+
+@pytest.mark.parametrize("method", LOG_Z_METHODS)
+@pytest.mark.parametrize(
+    "seed,batch,steps,tags", [(0, 7, 13, 5), (1, 3, 1, 4), (2, 16, 40, 31), (3, 5, 9, 1), (6, 8, 2, 3), (8, 6, 33, 6)]
+)
+def test_each_log_partition_path_matches_pytorch_crf(method, seed, batch, steps, tags):
+    """Both log Z paths (the GPU's tree and the CPU's scaled recursion) run on the CPU against the oracle, with
+    lengths from 1 to T (T = 2 and T = 33 exercise the tree's padding to a power of two)."""
+    ours, ref = paired(tags, seed)
+    emissions, labels, mask = random_case(seed, batch, steps, tags)
+    e1, e2 = emissions.clone().requires_grad_(), emissions.clone().requires_grad_()
+    ll_ours = ours.score(e1, labels, mask) - ours._log_partition(e1, mask, method)
+    ll_ref = ref(e2, labels, mask, reduction="none")
+    torch.testing.assert_close(ll_ours, ll_ref, atol=1e-4, rtol=1e-5)
+    weights = torch.randn(batch)
+    (ll_ours * weights).sum().backward()
+    (ll_ref * weights).sum().backward()
+    torch.testing.assert_close(e1.grad, e2.grad, atol=1e-4, rtol=1e-4)
+    for name in ("start_transitions", "end_transitions", "transitions"):
+        expected = getattr(ref, name).grad
+        expected = torch.zeros_like(getattr(ref, name)) if expected is None else expected
+        torch.testing.assert_close(getattr(ours, name).grad, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", LOG_Z_METHODS)
+def test_each_log_partition_path_with_forbidden_transitions(method):
+    """-inf transitions: value against enumeration, gradients against the log-space reference, zero gradient on
+    forbidden entries."""
+    torch.manual_seed(4)
+    crf = LinearChainCRF(5, allowed_transitions=band_transitions(5, 1), init_std=1.0)
+    emissions, _, mask = random_case(9, 4, 6, 5, scale=2.0)
+    e1, e2 = emissions.clone().requires_grad_(), emissions.clone().requires_grad_()
+    log_z = crf._log_partition(e1, mask, method)
+    for i in range(4):
+        expected_z, _ = brute_force(crf, emissions[i], int(mask[i].sum()))
+        assert log_z[i].item() == pytest.approx(expected_z, abs=1e-4)
+    log_z.sum().backward()
+    grad_trans = crf.transitions.grad.clone()
+    crf.transitions.grad = None
+    crf._log_partition_logspace(e2.masked_fill(~mask[:, :, None], 0.0), mask).sum().backward()
+    torch.testing.assert_close(e1.grad, e2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grad_trans, crf.transitions.grad, atol=1e-4, rtol=1e-4)
+    assert grad_trans[~crf.allowed_transitions].abs().max() == 0
+
+
+def test_tree_and_scaled_paths_agree_on_long_sequences():
+    torch.manual_seed(5)
+    crf = LinearChainCRF(12, init_std=1.0)
+    emissions, _, mask = random_case(11, 9, 150, 12, scale=3.0)
+    torch.testing.assert_close(
+        crf._log_partition(emissions, mask, "tree"), crf._log_partition(emissions, mask, "scaled"), atol=2e-4, rtol=1e-5
+    )
+
+
+def test_tree_guard_rejects_ranges_that_could_underflow():
+    from fusion.temporal.crf import _tree_is_safe
+
+    trans = torch.zeros(4, 4)
+    assert _tree_is_safe(torch.randn(2, 5, 4), trans)
+    assert not _tree_is_safe(torch.tensor([[[0.0, 400.0, 0.0, 0.0]]]), trans)  # spread 400: 2 * 400 > 600
+    banded = LinearChainCRF(4, allowed_transitions=band_transitions(4, 1)).effective_transitions().detach()
+    assert _tree_is_safe(torch.zeros(1, 3, 4) + torch.tensor([0.0, 1.0, 2.0, 3.0]), banded)
+    assert not _tree_is_safe(torch.tensor([[[0.0, 150.0, 0.0, 0.0]]]), banded)  # 2 * 3 detours * 150 > 600
+
+
+def test_extreme_scores_through_tree_path_stay_finite():
+    ours, ref = paired(5, 2)
+    emissions, labels, mask = random_case(2, 4, 30, 5, scale=400.0)
+    ll_ours = ours.score(emissions, labels, mask) - ours._log_partition(emissions, mask, "tree")
+    ll_ref = ref(emissions.double(), labels, mask, reduction="none").float()
+    torch.testing.assert_close(ll_ours, ll_ref, rtol=1e-4, atol=1e-2)
+
+
+def test_unknown_log_partition_method_is_rejected():
+    crf = LinearChainCRF(3)
+    with pytest.raises(ValueError, match="method"):
+        crf._log_partition(torch.randn(2, 4, 3), None, "sideways")
+
+
+@pytest.mark.parametrize("store_backpointers", [False, True])
+def test_viterbi_with_forbidden_transitions_and_mixed_lengths(store_backpointers):
+    """Backtracking by pointer doubling and by recomputation: lengths 1..T in one batch, banded transitions,
+    against enumeration; paths never use a forbidden move."""
+    torch.manual_seed(6)
+    crf = LinearChainCRF(4, allowed_transitions=band_transitions(4, 1), init_std=1.0)
+    emissions, _, _ = random_case(12, 6, 6, 4, scale=3.0)
+    lengths = torch.tensor([6, 1, 2, 5, 3, 4])
+    mask = torch.arange(6)[None] < lengths[:, None]
+    paths, got_lengths = crf.decode(emissions, mask, pad_value=-7, store_backpointers=store_backpointers)
+    assert got_lengths.tolist() == lengths.tolist()
+    for i in range(6):
+        _, expected = brute_force(crf, emissions[i], int(lengths[i]))
+        assert tuple(paths[i, : lengths[i]].tolist()) == expected
+        assert (paths[i, lengths[i]:] == -7).all()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 17, 64, 65])
+def test_pointer_doubling_equals_recomputed_backtrack(steps):
+    ours, ref = paired(7, 13)
+    emissions, _, mask = random_case(steps, 10, steps, 7)
+    stored, _ = ours.decode(emissions, mask, store_backpointers=True)
+    recomputed, lengths = ours.decode(emissions, mask, store_backpointers=False)
+    assert torch.equal(stored, recomputed)
+    expected = ref.decode(emissions, mask)
+    assert all(stored[i, : lengths[i]].tolist() == expected[i] for i in range(10))
