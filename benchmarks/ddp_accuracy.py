@@ -10,7 +10,8 @@ Reported per variant: test accuracy mean and std over seeds, the paired differen
 seed (mean, std, worst), bytes per compressed step and compression against an fp32 all-reduce: averaged over
 the compressed steps (a density warm-up counts), at the last logged step (after every warm-up), and whole run.
 
-    python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 20 --seeds 0 1 2 3 4 \\
+    python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 30 --seeds 0 1 2 3 4  # default variants
+    python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 2 --seeds 0 \\
         --variants none int8 topk0.1=topk:ratio=0.001,warmup_steps=10 topk1=topk:ratio=0.01,warmup_steps=10
     python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --report   # tables from finished runs
 """
@@ -209,9 +210,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--recipe", default="progressive")
     parser.add_argument("--variants", nargs="+",
-                        default=["none", "int8", "topk0.1=topk:ratio=0.001,warmup_steps=10",
+                        default=["none", "int8", "topk1=topk:ratio=0.01,warmup_steps=10",
                                  "topk0.1dw=topk:ratio=0.001,warmup_steps=10,density_warmup_steps=48",
-                                 "topk0.3=topk:ratio=0.003,warmup_steps=10", "topk1=topk:ratio=0.01,warmup_steps=10"])
+                                 "topk0.3dw=topk:ratio=0.003,warmup_steps=10,density_warmup_steps=48",
+                                 "topk1dw=topk:ratio=0.01,warmup_steps=10,density_warmup_steps=48"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--devices", type=int, default=2, help="DDP processes per run")
     parser.add_argument("--accelerator", default="cpu")
