@@ -72,8 +72,9 @@ class _ScaledLogPartition(torch.autograd.Function):
         if need_grad:
             time = torch.arange(steps, device=emissions.device)[:, None]  # (T, 1)
             reverse = torch.where(time < lengths[None, :], lengths[None, :] - 1 - time, time)  # (T, B), involution
-            reverse = reverse[:, :, None].expand(steps, batch, num_tags)
-            torch.gather(emit_exp, 0, reverse, out=inputs[:, 1])  # sequences reversed within their lengths
+            # Row of (step reverse[t, b], half 0, sequence b) in inputs viewed as (T * R * B, K): whole-row copies.
+            source_rows = (reverse * (rows * batch) + torch.arange(batch, device=emissions.device)).flatten()
+            inputs[:, 1].copy_(inputs.view(-1, num_tags).index_select(0, source_rows).view(steps, batch, num_tags))
             matrices = torch.stack([trans_exp, trans_exp.t()])  # (2, K, K)
             first = torch.stack([start_exp, end_exp])[:, None, :]  # (2, 1, K)
         else:
@@ -105,31 +106,35 @@ class _ScaledLogPartition(torch.autograd.Function):
             + trans_max * (lengths - 1).to(emissions.dtype)
         )
         if need_grad:
-            beta_rev = before_emission[:, 1]  # (T, B, K)
-            beta_rev[0] = end_exp  # beta'_0 = beta_{L-1} = end
-            betas = beta_rev.gather(0, reverse)  # (T, B, K), unnormalised
-            ctx.save_for_backward(probs, betas, emit_exp, trans_exp, mask, lengths)
+            before_emission[0, 1] = end_exp  # beta'_0 = beta_{L-1} = end
+            betas = before_emission.view(-1, num_tags).index_select(0, source_rows + batch)  # (T * B, K)
+            betas = betas.view(steps, batch, num_tags)  # beta_t up to a factor per (t, b)
+            ctx.save_for_backward(probs, betas, emit_exp, trans_exp, norms[:, 0, :, 0], mask, lengths)
         return log_z
 
     @staticmethod
     def backward(ctx, grad_log_z: Tensor):
-        probs, betas, emit_exp, trans_exp, mask, lengths = ctx.saved_tensors
+        probs, betas, emit_exp, trans_exp, forward_norms, mask, lengths = ctx.saved_tensors
         steps, batch, num_tags = probs.shape
-        valid = mask.t().to(probs.dtype)[:, :, None]  # (T, B, 1)
-        unary = probs * betas  # (T, B, K)
-        unary = unary / unary.sum(-1, keepdim=True).clamp_min(1e-30) * valid  # marginals P(y_t = k)
+        valid = mask.t()[:, :, None]  # (T, B, 1)
         grad = grad_log_z[None, :, None]  # (1, B, 1)
-        grad_emissions = (unary * grad).transpose(0, 1)  # (B, T, K)
-        grad_start = (unary[0] * grad[0]).sum(0)
+        unary = probs * betas  # (T, B, K) marginals P(y_t = k) up to a factor per (t, b)
+        unary_sum = unary.sum(-1, keepdim=True)  # (T, B, 1)
+        unary.mul_(torch.where(valid, grad / unary_sum.clamp_min(1e-30), 0.0))  # = marginals * dlogZ
+        grad_emissions = unary.transpose(0, 1)  # (B, T, K)
+        grad_start = unary[0].sum(0)
         last = (lengths - 1)[None, :, None].expand(1, batch, num_tags)
-        grad_end = (unary.gather(0, last).squeeze(0) * grad[0]).sum(0)
+        grad_end = unary.gather(0, last).squeeze(0).sum(0)
 
         if steps > 1:
-            left = probs[:-1]  # (T-1, B, K)   alpha_{t-1}
-            right = emit_exp[1:] * betas[1:]  # (T-1, B, K)
-            pair_norm = (torch.matmul(left, trans_exp) * right).sum(-1, keepdim=True)  # (T-1, B, 1)
-            weight = valid[1:] * grad / pair_norm.clamp_min(1e-30)
-            grad_trans = torch.einsum("tbi,tbj->ij", left * weight, right) * trans_exp
+            # Pair marginals P(y_{t-1} = i, y_t = j) ~ alpha_{t-1}(i) E_ij x_t(j) beta_t(j). Their normaliser is
+            # sum_j (alpha_{t-1} E)_j x_t(j) beta_t(j) = forward_norms[t] * unary_sum[t], since the forward pass
+            # divided alpha_{t-1} E * x_t by forward_norms[t].
+            pair_norm = forward_norms[1:, :, None] * unary_sum[1:]  # (T-1, B, 1)
+            weight = torch.where(valid[1:], grad / pair_norm.clamp_min(1e-30), 0.0)
+            right = torch.mul(emit_exp[1:], betas[1:]).mul_(weight).reshape(-1, num_tags)  # ((T-1) B, K)
+            left = probs[:-1].reshape(-1, num_tags)  # ((T-1) B, K)
+            grad_trans = torch.mm(left.t(), right).mul_(trans_exp)
         else:
             grad_trans = torch.zeros_like(trans_exp)
         return grad_emissions, grad_start, grad_trans, grad_end, None
@@ -243,8 +248,9 @@ def _backtrack_recomputing(scores: Tensor, trans: Tensor, final_tags: Tensor, le
     device = scores.device
     back = torch.arange(steps - 1, device=device)[:, None]  # (T-1, 1)
     source = (lengths[None, :] - 2 - back).clamp_min(0)  # (T-1, B) step scored at loop iteration r
-    aligned = scores.gather(0, source[:, None, :].expand(steps - 1, num_tags, batch))  # (T-1, K, B)
-    aligned = aligned.transpose(1, 2).contiguous().cpu().numpy()  # (T-1, B, K)
+    rows = (source * batch + torch.arange(batch, device=device)).flatten()  # rows of (T * B, K)
+    by_sequence = scores.transpose(1, 2).contiguous().view(-1, num_tags)  # (T * B, K)
+    aligned = by_sequence.index_select(0, rows).view(steps - 1, batch, num_tags).cpu().numpy()  # (T-1, B, K)
     trans_into = trans.t().contiguous().cpu().numpy()  # (K_next, K_prev)
     tags = final_tags.cpu().numpy()
     backtracked = np.empty((steps, batch), dtype=np.int64)  # row r: tag at step L - 1 - r
@@ -309,7 +315,7 @@ class LinearChainCRF(nn.Module):
     def _prepare(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Checked bool mask and float32 emissions with padded steps set to zero."""
         mask = _check_inputs(emissions, mask, self.num_tags)
-        return emissions.float().masked_fill(~mask[:, :, None], 0.0), mask
+        return torch.where(mask[:, :, None], emissions.float(), 0.0), mask
 
     def _log_partition(self, emissions: Tensor, mask: Tensor | None, method: str) -> Tensor:
         """log Z by ``method``: "tree" (log-depth matrix products), "scaled" (sequential forward-backward) or
