@@ -153,12 +153,11 @@ def _tree_is_safe(emissions: Tensor, trans: Tensor) -> bool:
     end, hence ``2 * (K - 1) * spread``.
     """
     finite = torch.isfinite(trans)
-    if not bool(finite.any()):
-        return False
-    allowed = trans[finite]
+    allowed_max = trans.masked_fill(~finite, float("-inf")).max()
+    allowed_min = trans.masked_fill(~finite, float("inf")).min()
     emission_range = (emissions.amax(-1) - emissions.amin(-1)).max()
-    spread = float((allowed.max() - allowed.min() + emission_range).item())
-    detour = 1 if bool(finite.all()) else max(trans.shape[0] - 1, 1)
+    spread, all_allowed = torch.stack([allowed_max - allowed_min + emission_range, finite.all().to(trans.dtype)]).tolist()
+    detour = 1 if all_allowed else max(trans.shape[0] - 1, 1)
     return math.isfinite(spread) and 2 * detour * spread <= _TREE_LOG_RANGE
 
 
