@@ -234,7 +234,8 @@ def _backtrack_recomputing(scores: Tensor, trans: Tensor, final_tags: Tensor, le
     """Viterbi paths by recomputing each backpointer along the chosen path only, in NumPy (for the CPU).
 
     Sequences are right-aligned first (step r of the loop is step L - 2 - r of a sequence of length L), so the
-    loop needs no masking: three small NumPy calls per step.
+    loop needs no masking: three small NumPy calls per step. Rows are padded to a multiple of 8 tags (score 0,
+    transition -inf), which makes NumPy's row-wise argmax markedly faster.
 
     Args:
         scores: (T, K, B) best score of a path ending in each tag. trans: (K, K). final_tags: (B,).
@@ -244,19 +245,22 @@ def _backtrack_recomputing(scores: Tensor, trans: Tensor, final_tags: Tensor, le
         (B, T) LongTensor; values at padded steps are arbitrary.
     """
     steps, num_tags, batch = scores.shape
+    width = -(-num_tags // 8) * 8
     device = scores.device
     back = torch.arange(steps - 1, device=device)[:, None]  # (T-1, 1)
     source = (lengths[None, :] - 2 - back).clamp_min(0)  # (T-1, B) step scored at loop iteration r
-    rows = (source * batch + torch.arange(batch, device=device)).flatten()  # rows of (T * B, K)
-    by_sequence = scores.transpose(1, 2).contiguous().view(-1, num_tags)  # (T * B, K)
-    aligned = by_sequence.index_select(0, rows).view(steps - 1, batch, num_tags).cpu().numpy()  # (T-1, B, K)
-    trans_into = trans.t().contiguous().cpu().numpy()  # (K_next, K_prev)
+    rows = (source * batch + torch.arange(batch, device=device)).flatten()  # rows of (T * B, width)
+    by_sequence = scores.new_zeros(steps, batch, width)
+    by_sequence[:, :, :num_tags] = scores.transpose(1, 2)
+    aligned = by_sequence.view(-1, width).index_select(0, rows).view(steps - 1, batch, width).cpu().numpy()
+    trans_into = np.full((num_tags, width), -np.inf, dtype=aligned.dtype)  # (K_next, width) over K_prev
+    trans_into[:, :num_tags] = trans.t().cpu().numpy()
     tags = final_tags.cpu().numpy()
     backtracked = np.empty((steps, batch), dtype=np.int64)  # row r: tag at step L - 1 - r
     backtracked[0] = tags
-    candidates = np.empty((batch, num_tags), dtype=aligned.dtype)
+    candidates = np.empty((batch, width), dtype=aligned.dtype)
     for r in range(steps - 1):
-        np.take(trans_into, tags, axis=0, out=candidates)
+        np.take(trans_into, tags, axis=0, out=candidates, mode="clip")
         candidates += aligned[r]
         tags = backtracked[r + 1]
         np.argmax(candidates, axis=1, out=tags)
