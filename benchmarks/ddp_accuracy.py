@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+",
                         default=["none", "int8", "topk1=topk:ratio=0.01,warmup_steps=10",
                                  "topk0.1dw=topk:ratio=0.001,warmup_steps=10,density_warmup_steps=48",
-                                 "topk0.3dw=topk:ratio=0.003,warmup_steps=10,density_warmup_steps=48",
+                                 "topk0.1dw96=topk:ratio=0.001,warmup_steps=10,density_warmup_steps=96",
                                  "topk1dw=topk:ratio=0.01,warmup_steps=10,density_warmup_steps=48"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--devices", type=int, default=2, help="DDP processes per run")
