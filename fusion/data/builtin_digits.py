@@ -3,7 +3,7 @@
 Each example is a digit 0-9 seen three ways: a handwriting-like image (jittered strokes, random affine,
 blur and noise), a synthesized spoken digit (harmonic voice with digit-specific vowel formants and
 consonant bursts, varied pitch, speed and noise) and a short noisy caption. Each modality is independently
-*unreliable* for some of the examples (images: heavy occlusion in 25 %; speech: drowned in noise in 5 %;
+*unreliable* for some of the examples (images: heavy occlusion in 25 %; speech: drowned in noise in 3 %;
 captions: uninformative in 35 % and only a hint in another 35 %), so each modality alone is weaker than
 their fusion, a per-sample gate has something to learn, and speech and images are still reliable enough
 for cross-modal retrieval between them to be meaningful.
@@ -23,9 +23,9 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageDraw, ImageFilter
 
-VERSION = "2"
+VERSION = "3"
 IMAGE_CORRUPT_P = 0.25  # share of images made unreliable (occluded + heavy noise)
-AUDIO_CORRUPT_P = 0.05  # share of recordings drowned in noise (SNR -14 to -9 dB)
+AUDIO_CORRUPT_P = 0.03  # share of recordings drowned in noise (SNR -14 to -9 dB)
 SAMPLE_RATE = 8000
 IMAGE_SIZE = 32
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
