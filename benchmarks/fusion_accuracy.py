@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--real-epochs", type=int, default=15, help="epochs on MNIST + FSDD")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (one run each)")
+    parser.add_argument("--all-seeds-models", nargs="*", default=None,
+                        help="only these models run every seed; the others run the first seed (default: all models)")
     parser.add_argument("--builtin-seeds", type=int, nargs="+", default=None, help="seeds on the built-in set (default: --seeds)")
     parser.add_argument("--gpus", type=int, default=0, help="spread runs over this many GPUs (0: leave CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL threads per run")
@@ -139,7 +141,13 @@ def main() -> None:
     extra_models = dict(parse_extra_model(spec) for spec in args.extra_models)
     jobs = [j for j in runs(sets, args.epochs, args.real_epochs, extra_models) if args.models is None or j[1] in args.models]
     builtin_seeds = args.builtin_seeds or args.seeds
-    seeded = [(job, seed) for job in jobs for seed in (builtin_seeds if job[0] == "builtin" else args.seeds)]
+    def seeds_of(job: tuple[str, str, list[str]]) -> list[int]:
+        seeds = builtin_seeds if job[0] == "builtin" else args.seeds
+        return seeds if args.all_seeds_models is None or job[1] in args.all_seeds_models else seeds[:1]
+
+    # slowest models (progressive and its variants) start first, unimodal ones last: a short tail
+    seeded = sorted(((job, seed) for job in jobs for seed in seeds_of(job)),
+                    key=lambda js: ("progressive" not in js[0][1], "only" in js[0][1], js[1]))
     slots = itertools.count()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda js: train_one(js[0], js[1], next(slots), args.out, args.extra, args.real_extra,
