@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_protocol.sh train   OUT   # CPU/GPU-parallel trainings: fusion accuracy sweep,
 #                                                # CLIP protocol, DDP accuracy protocol (2-process gloo runs)
 #   bash benchmarks/gpu_protocol.sh measure OUT   # timings on a quiet host: evaluate.py on CUDA for the sweep's
-#                                                # early/late/progressive runs, CRF benchmark, DDP scaling
+#                                                # early/late/progressive runs, CRF benchmark, int8 hook profile
+#   bash benchmarks/gpu_protocol.sh scaling OUT   # DDP throughput and scaling on 1, 2 and 4 GPUs per hook
 #
 # Real data is read from $REALDATA (default .devdata: mnist/ and fsdd/recordings/ as in ../shared/data).
 # Results go to OUT (JSON/markdown); run folders stay under checkpoints/ (git-ignored); `train` also packs the
@@ -22,16 +23,33 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpus.txt" 2>/dev/null || true
 
 fusion_sweep() {
-  # built-in set: default recipes (6 epochs); MNIST + FSDD: width-32 encoders, 25 epochs, two seeds per cell
-  "$PY" benchmarks/fusion_accuracy.py --realdata "$REALDATA" --out "$SWEEP" --jobs "${FUSION_JOBS:-28}" \
-    --gpus "$GPUS" --threads 1 --speakers theo nicolas jackson yweweler --seeds 0 1 --builtin-seeds 0 1 \
+  # built-in set: default recipes (6 epochs); MNIST + FSDD: width-32 encoders, 25 epochs; seed 1 repeats the
+  # progressive rows and image-only (the comparison "fused >= best unimodal on every split" rests on them)
+  timeout "${SWEEP_SECONDS:-530}" "$PY" benchmarks/fusion_accuracy.py --realdata "$REALDATA" --out "$SWEEP" \
+    --jobs "${FUSION_JOBS:-26}" --gpus "$GPUS" --threads 1 --speakers theo nicolas jackson yweweler \
+    --seeds 0 1 --all-seeds-models progressive progressive-warp25 "image only" \
+    --extra-models "progressive-warp25=recipe=progressive,model.encoders.audio.augment_args={warp:0.25}" \
     --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
     > "$OUT/fusion_sweep.log" 2>&1
-  cp "$SWEEP/results.json" "$OUT/fusion_sweep.json"
+  cp "$SWEEP/results.jsonl" "$OUT/fusion_sweep.jsonl"
   # run folders for the CPU accuracy-vs-latency evaluation (seed 0, built-in and the theo split)
-  tar -czf "$OUT/runs.tar.gz" -C "$SWEEP" manifests/fsdd-theo/manifest.csv \
-    $(cd "$SWEEP" && for set in builtin fsdd-theo; do for recipe in early late progressive; do
-        echo runs/$set/$recipe/best.ckpt runs/$set/$recipe/metrics.json runs/$set/$recipe/config.yaml; done; done)
+  (cd "$SWEEP" && tar -czf "$OUT/runs.tar.gz" manifests/fsdd-theo/manifest.csv \
+    $(for set in builtin fsdd-theo; do for recipe in early late progressive; do
+        echo runs/$set/$recipe/best.ckpt runs/$set/$recipe/metrics.json runs/$set/$recipe/config.yaml; done; done))
+}
+
+clip_protocol() {
+  CUDA_VISIBLE_DEVICES=$((GPUS - 1)) PYTHON=$PY timeout "${CLIP_SECONDS:-540}" bash benchmarks/clip_gpu.sh \
+    checkpoints/clip_gpu > "$OUT/clip_gpu.log" 2>&1
+  cp checkpoints/clip_gpu/summary.json "$OUT/clip_gpu_summary.json"
+}
+
+ddp_accuracy() {
+  # 2-process gloo runs on the host CPUs (no GPU): each hook variant x 4 seeds, all at once
+  timeout "${DDP_SECONDS:-540}" "$PY" benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs "${DDP_JOBS:-24}" \
+    --seeds 0 1 2 3 > "$OUT/ddp_accuracy.log" 2>&1
+  "$PY" benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --report > "$OUT/ddp_accuracy.md" 2>&1
+  cp checkpoints/ddp_accuracy/results.json "$OUT/ddp_accuracy.json" 2>/dev/null
 }
 
 evaluate_gpu() {
@@ -48,11 +66,25 @@ evaluate_gpu() {
 case $STAGE in
   train)
     fusion_sweep &
+    clip_protocol &
+    ddp_accuracy &
     wait
     ;;
   measure)
+    "$PY" benchmarks/crf_benchmark.py --device cuda --out "$OUT/crf_gpu.json" > "$OUT/crf_gpu.log" 2>&1
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
+      benchmarks/ddp_hook_profile.py --model progressive --device cuda --out "$OUT/ddp_hook_profile_cuda.json" \
+      > "$OUT/ddp_hook_profile.log" 2>&1
     evaluate_gpu
     ;;
-  *) echo "unknown stage '$STAGE' (train | measure)"; exit 2 ;;
+  scaling)
+    PYTHON=$PY bash benchmarks/ddp_gpu.sh checkpoints/ddp_gpu "${GPU_COUNTS:-1 2 4}" > "$OUT/ddp_gpu.log" 2>&1
+    cp checkpoints/ddp_gpu/results.md "$OUT/ddp_gpu.md"
+    (cd checkpoints/ddp_gpu && tar -czf "$OUT/ddp_gpu_json.tar.gz" ./*.json)
+    ;;
+  *) echo "unknown stage '$STAGE' (train | measure | scaling)"; exit 2 ;;
 esac
+# at most a handful of files: logs and report folders travel as archives
+(cd "$OUT" && shopt -s nullglob && logs=(*.log) && [[ ${#logs[@]} -gt 0 ]] && tar -czf "logs-$STAGE.tar.gz" "${logs[@]}" && rm -f "${logs[@]}")
+(cd "$OUT" && shopt -s nullglob && dirs=(eval_gpu_*/) && [[ ${#dirs[@]} -gt 0 ]] && tar -czf eval_gpu.tar.gz "${dirs[@]}" && rm -rf "${dirs[@]}")
 ls -la "$OUT"
