@@ -438,8 +438,9 @@ class LinearChainCRF(nn.Module):
         candidates = emissions_tm.new_empty(num_tags, num_tags, batch)  # (K_prev, K_next, B)
         pointers = emissions_tm.new_empty(max(steps - 1, 0), num_tags, batch, dtype=torch.long)  # (T-1, K, B)
         score_steps, emission_steps, pointer_steps = scores.unbind(0), emissions_tm.unbind(0), pointers.unbind(0)
+        score_rows = scores.unsqueeze(2).unbind(0)  # (K, 1, B) views, broadcast over the next tag
         for t in range(1, steps):
-            torch.add(score_steps[t - 1].unsqueeze(1), trans_ij, out=candidates)
+            torch.add(score_rows[t - 1], trans_ij, out=candidates)
             if store_backpointers:
                 torch.max(candidates, 0, out=(score_steps[t], pointer_steps[t - 1]))
             else:
