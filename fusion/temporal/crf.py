@@ -436,7 +436,8 @@ class LinearChainCRF(nn.Module):
         scores = torch.empty_like(emissions_tm)  # (T, K, B) best score of a path ending in each tag
         torch.add(emissions_tm[0], self.start_transitions.float()[:, None], out=scores[0])
         candidates = emissions_tm.new_empty(num_tags, num_tags, batch)  # (K_prev, K_next, B)
-        pointers = emissions_tm.new_empty(max(steps - 1, 0), num_tags, batch, dtype=torch.long)  # (T-1, K, B)
+        stored_steps = steps - 1 if store_backpointers and steps > 1 else 0
+        pointers = emissions_tm.new_empty(stored_steps, num_tags, batch, dtype=torch.long)  # (T-1, K, B) if stored
         score_steps, emission_steps, pointer_steps = scores.unbind(0), emissions_tm.unbind(0), pointers.unbind(0)
         score_rows = scores.unsqueeze(2).unbind(0)  # (K, 1, B) views, broadcast over the next tag
         for t in range(1, steps):
