@@ -3,10 +3,15 @@
 Lafferty et al., "Conditional Random Fields", ICML 2001. Sequences are batch-first, ``emissions`` has shape
 (B, T, K) and ``mask`` (B, T) is right-padded with the first step always on.
 
-The log-partition uses a scaled forward algorithm in probability space (Rabiner 1989, section V.A) with a
-hand-written backward pass (forward-backward marginals), so no autograd graph is built over the time loop;
-alpha and beta advance together, one batched matmul per step. If the scaled recursion under- or overflows (extreme scores), it falls back
-to the plain log-space recursion. Viterbi decoding backtracks with ``gather`` for the whole batch at once.
+The log-partition has two paths. On the CPU: a scaled forward algorithm in probability space (Rabiner 1989,
+section V.A) with a hand-written backward pass (forward-backward marginals), alpha and beta advanced together by
+one batched matmul per step, no autograd graph over time. On CUDA, where T small steps cost T rounds of kernel
+launches: a balanced tree of batched matrix products over time in float64 (depth log2 T, autograd), used when
+the score ranges rule out underflow. If the result is not finite, the plain log-space recursion is used.
+
+Viterbi decoding runs the max-sum pass tag-major (T, K, B). On CUDA the backpointers are stored and the paths
+follow from pointer doubling (log2 T gathers); on the CPU the backpointers are recomputed along the chosen path
+only, in NumPy.
 """
 
 import math
