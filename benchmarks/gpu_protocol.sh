@@ -5,6 +5,7 @@
 #                                                # CLIP protocol, DDP accuracy protocol (2-process gloo runs)
 #   bash benchmarks/gpu_protocol.sh measure OUT   # timings on a quiet host: evaluate.py on CUDA for the sweep's
 #                                                # early/late/progressive runs, CRF benchmark, int8 hook profile
+#   bash benchmarks/gpu_protocol.sh evalruns OUT  # only the runs the CPU evaluation needs, packed into OUT
 #   bash benchmarks/gpu_protocol.sh scaling OUT   # DDP throughput and scaling on 1, 2 and 4 GPUs per hook
 #
 # Real data is read from $REALDATA (default .devdata: mnist/ and fsdd/recordings/ as in ../shared/data).
@@ -64,6 +65,17 @@ evaluate_gpu() {
 }
 
 case $STAGE in
+  evalruns)
+    # only the six runs the accuracy-vs-latency evaluation needs (built-in and theo; early/late/progressive)
+    "$PY" benchmarks/fusion_accuracy.py --realdata "$REALDATA" --out "$SWEEP" --jobs 6 --gpus "$GPUS" --threads 4 \
+      --speakers theo --degraded-speakers --only builtin fsdd-theo --models early late progressive \
+      --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
+      > "$OUT/evalruns.log" 2>&1
+    cp "$SWEEP/results.jsonl" "$OUT/evalruns.jsonl"
+    (cd "$SWEEP" && tar -czf /tmp/runs.tgz manifests/fsdd-theo/manifest.csv \
+      runs/{builtin,fsdd-theo}/{early,late,progressive}/{best.ckpt,metrics.json,config.yaml} \
+      && split -b 15M /tmp/runs.tgz "$OUT/runs.tgz.part-")
+    ;;
   train)
     fusion_sweep &
     clip_protocol &
@@ -71,18 +83,23 @@ case $STAGE in
     wait
     ;;
   measure)
-    "$PY" benchmarks/crf_benchmark.py --device cuda --out "$OUT/crf_gpu.json" > "$OUT/crf_gpu.log" 2>&1
-    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
-      benchmarks/ddp_hook_profile.py --model progressive --device cuda --out "$OUT/ddp_hook_profile_cuda.json" \
-      > "$OUT/ddp_hook_profile.log" 2>&1
-    evaluate_gpu
+    parts=${MEASURE:-"crf profile eval"}
+    if [[ $parts == *crf* ]]; then
+      "$PY" benchmarks/crf_benchmark.py --device cuda --out "$OUT/crf_gpu.json" > "$OUT/crf_gpu.log" 2>&1
+    fi
+    if [[ $parts == *profile* ]]; then
+      PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 \
+        benchmarks/ddp_hook_profile.py --model progressive --device cuda --out "$OUT/ddp_hook_profile_cuda.json" \
+        > "$OUT/ddp_hook_profile.log" 2>&1
+    fi
+    [[ $parts == *eval* ]] && evaluate_gpu
     ;;
   scaling)
     PYTHON=$PY bash benchmarks/ddp_gpu.sh checkpoints/ddp_gpu "${GPU_COUNTS:-1 2 4}" > "$OUT/ddp_gpu.log" 2>&1
     cp checkpoints/ddp_gpu/results.md "$OUT/ddp_gpu.md"
     (cd checkpoints/ddp_gpu && tar -czf "$OUT/ddp_gpu_json.tar.gz" ./*.json)
     ;;
-  *) echo "unknown stage '$STAGE' (train | measure | scaling)"; exit 2 ;;
+  *) echo "unknown stage '$STAGE' (train | evalruns | measure | scaling)"; exit 2 ;;
 esac
 # at most a handful of files: logs and report folders travel as archives
 (cd "$OUT" && shopt -s nullglob && logs=(*.log) && [[ ${#logs[@]} -gt 0 ]] && tar -czf "logs-$STAGE.tar.gz" "${logs[@]}" && rm -f "${logs[@]}")
