@@ -33,6 +33,10 @@ fusion_sweep() {
     --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
     > "$OUT/fusion_sweep.log" 2>&1
   cp "$SWEEP/results.jsonl" "$OUT/fusion_sweep.jsonl"
+  pack_eval_runs
+}
+
+pack_eval_runs() {
   # run folders for the CPU accuracy-vs-latency evaluation (seed 0, built-in and the theo split), in parts
   # below the 16 MiB a result file may have
   (cd "$SWEEP" && tar -czf /tmp/runs.tgz manifests/fsdd-theo/manifest.csv \
@@ -73,9 +77,7 @@ case $STAGE in
       --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
       > "$OUT/evalruns.log" 2>&1
     cp "$SWEEP/results.jsonl" "$OUT/evalruns.jsonl"
-    (cd "$SWEEP" && tar -czf /tmp/runs.tgz manifests/fsdd-theo/manifest.csv \
-      runs/{builtin,fsdd-theo}/{early,late,progressive}/{best.ckpt,metrics.json,config.yaml} \
-      && split -b 15M /tmp/runs.tgz "$OUT/runs.tgz.part-")
+    pack_eval_runs
     ;;
   train)
     fusion_sweep &
