@@ -9,9 +9,10 @@ one batched matmul per step, no autograd graph over time. On CUDA, where T small
 launches: a balanced tree of batched matrix products over time in float64 (depth log2 T, autograd), used when
 the score ranges rule out underflow. If the result is not finite, the plain log-space recursion is used.
 
-Viterbi decoding runs the max-sum pass tag-major (T, K, B). On CUDA the backpointers are stored and the paths
-follow from pointer doubling (log2 T gathers); on the CPU the backpointers are recomputed along the chosen path
-only, in NumPy.
+Viterbi decoding on the CPU uses a small compiled C kernel (`viterbi_native`: one fused max-sum pass per step,
+built on first use) when a C compiler is available. Otherwise, and on CUDA, the max-sum pass runs tag-major
+(T, K, B) in torch: on CUDA the backpointers are stored and the paths follow from pointer doubling (log2 T
+gathers); on the CPU the backpointers are recomputed along the chosen path only, in NumPy.
 """
 
 import math
@@ -19,6 +20,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from fusion.temporal.viterbi_native import load_kernel, viterbi_decode
 
 
 def band_transitions(num_tags: int, max_jump: int) -> Tensor:
@@ -420,7 +423,8 @@ class LinearChainCRF(nn.Module):
             pad_value: value written at padded steps of the returned paths.
             store_backpointers: keep the argmax of every step (one gather per step when backtracking) instead
                 of recomputing it along the chosen path on the CPU. None: on CUDA, where an argmax costs no
-                more than a max; on the CPU a max over the outer dimension is much cheaper without the argmax.
+                more than a max; on the CPU the compiled kernel of `viterbi_native` decodes when it can be
+                built (same paths), else a max over the outer dimension without the argmax.
 
         Returns:
             paths: (B, T) LongTensor of best tags, ``pad_value`` after each sequence's end.
@@ -430,6 +434,10 @@ class LinearChainCRF(nn.Module):
         batch, steps, num_tags = emissions.shape
         trans = self.effective_transitions().float()
         lengths = mask.sum(1)
+        if store_backpointers is None and emissions.device.type == "cpu" and (kernel := load_kernel()) is not None:
+            paths = viterbi_decode(kernel, emissions, self.start_transitions, trans, self.end_transitions, lengths,
+                                   pad_value)
+            return paths, lengths
         if store_backpointers is None:
             store_backpointers = emissions.is_cuda
 

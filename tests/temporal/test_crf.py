@@ -1,11 +1,13 @@
 """LinearChainCRF against pytorch-crf and brute-force enumeration."""
 
 import itertools
+import shutil
 
 import pytest
 import torch
 
 from fusion.temporal.crf import LinearChainCRF, band_transitions
+from fusion.temporal.viterbi_native import load_kernel, viterbi_decode
 
 torchcrf = pytest.importorskip("torchcrf")
 
@@ -51,7 +53,7 @@ def test_log_likelihood_and_gradients_match_pytorch_crf(seed, batch, steps, tags
     assert_log_likelihood_and_gradients_match(ours, ref, ours.log_likelihood, emissions, labels, mask)
 
 
-@pytest.mark.parametrize("store_backpointers", [False, True])
+@pytest.mark.parametrize("store_backpointers", [None, False, True])  # None on the CPU: the compiled kernel
 @pytest.mark.parametrize("seed,batch,steps,tags", [(0, 9, 17, 6), (4, 4, 1, 3), (5, 32, 60, 31)])
 def test_viterbi_matches_pytorch_crf(seed, batch, steps, tags, store_backpointers):
     ours, ref = paired(tags, seed)
@@ -215,10 +217,10 @@ def test_unknown_log_partition_method_is_rejected():
         crf._log_partition(torch.randn(2, 4, 3), None, "sideways")
 
 
-@pytest.mark.parametrize("store_backpointers", [False, True])
+@pytest.mark.parametrize("store_backpointers", [None, False, True])
 def test_viterbi_with_forbidden_transitions_and_mixed_lengths(store_backpointers):
-    """Backtracking by pointer doubling and by recomputation: lengths 1..T in one batch, banded transitions,
-    against enumeration; paths never use a forbidden move."""
+    """The compiled kernel, backtracking by pointer doubling and by recomputation: lengths 1..T in one batch,
+    banded transitions, against enumeration; paths never use a forbidden move."""
     torch.manual_seed(6)
     crf = LinearChainCRF(4, allowed_transitions=band_transitions(4, 1), init_std=1.0)
     emissions, _, _ = random_case(12, 6, 6, 4, scale=3.0)
@@ -241,3 +243,24 @@ def test_pointer_doubling_equals_recomputed_backtrack(steps):
     assert torch.equal(stored, recomputed)
     expected = ref.decode(emissions, mask)
     assert all(stored[i, : lengths[i]].tolist() == expected[i] for i in range(10))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_compiled_kernel_is_built_and_decodes_like_the_torch_path(tmp_path, monkeypatch):
+    """With a compiler the kernel builds into the cache folder and gives the torch decoder's paths; disabled by
+    FUSION_NATIVE_CRF=0."""
+    monkeypatch.setenv("FUSION_CACHE", str(tmp_path))
+    load_kernel.cache_clear()
+    try:
+        kernel = load_kernel()
+        assert kernel is not None and list(tmp_path.glob("viterbi-*.so"))
+        crf = LinearChainCRF(7, init_std=1.0)
+        emissions, _, mask = random_case(21, 12, 40, 7)
+        native = viterbi_decode(kernel, emissions, crf.start_transitions, crf.effective_transitions(),
+                                crf.end_transitions, mask.sum(1), pad_value=-1)
+        assert torch.equal(native, crf.decode(emissions, mask, store_backpointers=False)[0])
+        monkeypatch.setenv("FUSION_NATIVE_CRF", "0")
+        load_kernel.cache_clear()
+        assert load_kernel() is None
+    finally:
+        load_kernel.cache_clear()
