@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-host side of BENCHMARKS.md, in two rounds on one multi-GPU host (4 GPUs, 64 CPU cores):
+# The GPU-host side of BENCHMARKS.md, in stages on one multi-GPU host (4 GPUs, 64 CPU cores):
 #
 #   bash benchmarks/gpu_protocol.sh train   OUT   # CPU/GPU-parallel trainings: fusion accuracy sweep,
 #                                                # CLIP protocol, DDP accuracy protocol (2-process gloo runs)
@@ -9,28 +9,32 @@
 #   bash benchmarks/gpu_protocol.sh scaling OUT   # DDP throughput and scaling on 1, 2 and 4 GPUs per hook
 #
 # Real data is read from $REALDATA (default .devdata: mnist/ and fsdd/recordings/ as in ../shared/data).
-# Results go to OUT (JSON/markdown); run folders stay under checkpoints/ (git-ignored); `train` also packs the
-# run folders that the CPU evaluation needs into OUT/runs.tar.gz (best checkpoint, config, metrics, manifest).
+# Results go to OUT (JSON/markdown); run folders stay under checkpoints/ (git-ignored); `train` and `evalruns`
+# also pack the run folders that the CPU evaluation needs into OUT/runs.tgz.part-* (best checkpoint, config,
+# metrics, manifest; `cat runs.tgz.part-* | tar -xzf -`).
 set -uo pipefail
-STAGE=${1:?usage: gpu_protocol.sh train|measure OUT}
-OUT=${2:?usage: gpu_protocol.sh train|measure OUT}
+USAGE="usage: gpu_protocol.sh train|evalruns|measure|scaling OUT"
+STAGE=${1:?$USAGE}
+OUT=$(mkdir -p "${2:?$USAGE}" && cd "$2" && pwd)
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 REALDATA=${REALDATA:-$PWD/.devdata}
 SWEEP=${SWEEP:-checkpoints/fusion_sweep}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 export PYTHONUNBUFFERED=1 FUSION_REALDATA=$REALDATA
-mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpus.txt" 2>/dev/null || true
+
+# data, output folder, GPUs and the MNIST + FSDD model size shared by the sweep and the evaluation runs
+FUSION_COMMON=(--realdata "$REALDATA" --out "$SWEEP" --gpus "$GPUS" --real-epochs 25
+               --real-extra model.encoders.image.width=32 model.encoders.audio.width=32)
 
 fusion_sweep() {
   # built-in set: default recipes (6 epochs); MNIST + FSDD: width-32 encoders, 25 epochs; seed 1 repeats the
   # progressive rows and image-only (the comparison "fused >= best unimodal on every split" rests on them)
-  timeout "${SWEEP_SECONDS:-530}" "$PY" benchmarks/fusion_accuracy.py --realdata "$REALDATA" --out "$SWEEP" \
-    --jobs "${FUSION_JOBS:-26}" --gpus "$GPUS" --threads 1 --speakers theo nicolas jackson yweweler \
+  timeout "${SWEEP_SECONDS:-530}" "$PY" benchmarks/fusion_accuracy.py "${FUSION_COMMON[@]}" \
+    --jobs "${FUSION_JOBS:-26}" --threads 1 --speakers theo nicolas jackson yweweler \
     --seeds 0 1 --all-seeds-models progressive progressive-warp25 "image only" \
     --extra-models "progressive-warp25=recipe=progressive,model.encoders.audio.augment_args={warp:0.25}" \
-    --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
     > "$OUT/fusion_sweep.log" 2>&1
   cp "$SWEEP/results.jsonl" "$OUT/fusion_sweep.jsonl"
   pack_eval_runs
@@ -72,9 +76,8 @@ evaluate_gpu() {
 case $STAGE in
   evalruns)
     # only the six runs the accuracy-vs-latency evaluation needs (built-in and theo; early/late/progressive)
-    "$PY" benchmarks/fusion_accuracy.py --realdata "$REALDATA" --out "$SWEEP" --jobs 6 --gpus "$GPUS" --threads 4 \
+    "$PY" benchmarks/fusion_accuracy.py "${FUSION_COMMON[@]}" --jobs 6 --threads 4 \
       --speakers theo --degraded-speakers --only builtin fsdd-theo --models early late progressive \
-      --real-epochs 25 --real-extra model.encoders.image.width=32 model.encoders.audio.width=32 \
       > "$OUT/evalruns.log" 2>&1
     cp "$SWEEP/results.jsonl" "$OUT/evalruns.jsonl"
     pack_eval_runs

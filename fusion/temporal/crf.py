@@ -320,8 +320,7 @@ class LinearChainCRF(nn.Module):
         Returns:
             (B,) log partition function.
         """
-        emissions, mask = self._prepare(emissions, mask)
-        return self._log_partition_prepared(emissions, mask, "auto")
+        return self._log_partition(emissions, mask, "auto")
 
     def _prepare(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """Checked bool mask and float32 emissions with padded steps set to zero."""
