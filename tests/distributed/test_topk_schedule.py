@@ -1,7 +1,6 @@
 """Top-k density warm-up: the sent fraction falls 4x per stage from 25 % to the target ratio."""
 
 import pytest
-import torch
 import torch.distributed as dist
 from torch import nn
 
@@ -35,4 +34,3 @@ def test_no_density_warmup_uses_ratio_and_rejects_negative(one_rank_group):
     assert TopKState(nn.Linear(4, 4), ratio=0.5, density_warmup_steps=5).warmup_densities == []
     with pytest.raises(ValueError, match="density_warmup_steps"):
         TopKState(nn.Linear(4, 4), density_warmup_steps=-1)
-    assert torch.distributed.get_world_size() == 1
