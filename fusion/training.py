@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fusion.checkpoint_io import build_checkpoint_io
-from fusion.checkpoints import check_resume_checkpoint, load_matching_weights
+from fusion.checkpoints import check_resume_checkpoint, load_checkpoint_file, load_matching_weights
 from fusion.faults import CollectiveTimeout, explain_peer_failures
 from fusion.resume import ExactResumeCallback, make_train_loader_resumable
+from fusion.tasks.cross_fit import (
+    DECISIONS_FILE,
+    assign_folds,
+    collect_decisions,
+    merge_decisions,
+    write_fold_manifest,
+)
 
 
 def build_strategy(cfg: DictConfig):
@@ -59,6 +68,40 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def out_of_fold_decisions(cfg: DictConfig, run_dir: Path, datamodule) -> dict:
+    """Trains one model per group fold of the train split (fusion/tasks/cross_fit.py) and returns the
+    decisions each made on its held-out fold. A fold whose decisions are already saved is not trained again."""
+    folds = int(cfg.cross_fit.folds)
+    train_rows, val_rows = datamodule.datasets["train"].rows, datamodule.datasets["val"].rows
+    fold_of = assign_folds(train_rows, folds, int(cfg.seed))
+    device = "cuda" if torch.cuda.is_available() and str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") else "cpu"
+    parts = []
+    for fold in range(folds):
+        fold_dir = run_dir / "cross_fit" / f"fold{fold}"
+        saved = fold_dir / DECISIONS_FILE
+        if not saved.is_file():
+            held_out = write_fold_manifest(fold_dir / "manifest.csv", train_rows, val_rows, fold_of, fold)
+            print(f"[cross_fit] fold {fold + 1}/{folds}: {held_out} held-out train rows -> {fold_dir}")
+            fold_cfg = copy.deepcopy(cfg)
+            with open_dict(fold_cfg):
+                fold_cfg.data.manifest = str(fold_dir / "manifest.csv")
+                fold_cfg.data.on_error = "raise"  # rows were checked (and skipped, if asked) by the main run
+                fold_cfg.run_dir, fold_cfg.ckpt_path, fold_cfg.cross_fit.folds = str(fold_dir), None, 0
+            train(fold_cfg)
+            fold_data = instantiate(fold_cfg.data)
+            fold_data.prepare()
+            if fold_data.classes != datamodule.classes:
+                raise ValueError(f"cross_fit fold {fold}: its classes {fold_data.classes} differ from the data's "
+                                 f"{datamodule.classes}; every class needs train rows outside the test split")
+            task = instantiate(cfg.model, data_spec=fold_data.spec, _recursive_=False, _convert_="all")
+            task.load_state_dict(load_checkpoint_file(fold_dir / "best.ckpt")["state_dict"])
+            decisions = collect_decisions(task.model.to(device), fold_data.test_dataloader(), device)
+            torch.save(decisions, saved.with_suffix(".tmp"))
+            os.replace(saved.with_suffix(".tmp"), saved)
+        parts.append(torch.load(saved, weights_only=True))
+    return merge_decisions(parts)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Validates the data, builds the task, fits, tests the best checkpoint and writes the run folder.
 
@@ -78,6 +121,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
               f"re-initialised {len(report['skipped_shape'])} with other shapes, {len(report['missing'])} not in it")
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(task, cfg.ckpt_path)
+    if int(cfg.get("cross_fit", {}).get("folds", 0) or 0):
+        fusion = getattr(getattr(task, "model", None), "fusion", None)
+        if not hasattr(task, "out_of_fold") or fusion is None or fusion.decision_gate_module() is None:
+            raise ValueError("cross_fit.folds needs a classifier whose decision gate reads decisions alone: "
+                             "recipe=progressive with model.fusion.decision_gate_inputs=confidence")
+        task.out_of_fold = out_of_fold_decisions(cfg, run_dir, datamodule)
+        task.out_of_fold_epochs, task.out_of_fold_lr = int(cfg.cross_fit.epochs), float(cfg.cross_fit.lr)
     trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)},
                         default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
                         logger=CSVLogger(save_dir=str(run_dir), name="logs", version=log_version(cfg)),
@@ -94,6 +144,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
     metrics["fit_seconds"] = round(fit_seconds, 2)
     metrics.update(getattr(trainer.strategy, "comm_summary", dict)())  # bytes/compression of a comm hook
+    metrics.update(getattr(task, "out_of_fold_report", {}))
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics

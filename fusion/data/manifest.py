@@ -1,8 +1,9 @@
 """Manifest reading and validation.
 
 A manifest is a CSV (with a header) or JSONL file with one row per example: `label`, optional `split`
-(train/val/test) and any subset of the modality columns `image`, `audio`, `video` (file paths, relative to
-the manifest's folder or absolute) and `text` (the string itself). An empty cell means the modality is
+(train/val/test), optional `group` (who or what a row comes from, e.g. a speaker: cross-fitting keeps a
+group's rows together) and any subset of the modality columns `image`, `audio`, `video` (file paths, relative
+to the manifest's folder or absolute) and `text` (the string itself). An empty cell means the modality is
 missing for that row. Every problem is collected with its row number, column and path, and reported at once.
 """
 
@@ -59,6 +60,7 @@ class ManifestRow:
     label: str
     split: str | None
     media: dict[str, str] = field(default_factory=dict)
+    group: str | None = None
 
 
 def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
@@ -196,7 +198,7 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
         if row_problems:
             problems.extend(row_problems)
         else:
-            rows.append(ManifestRow(number, label, split, media))
+            rows.append(ManifestRow(number, label, split, media, (raw.get("group") or "").strip() or None))
     return rows, problems
 
 

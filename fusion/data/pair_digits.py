@@ -6,7 +6,8 @@
 Images: a folder with `labels.csv` (columns `file,label`) or one sub-folder per label. Recordings: files named
 `<label>_<speaker>_<take>.wav` (the Free Spoken Digit Dataset convention). Each recording is paired with
 `--images-per-recording` images of the same label; train and test draw from disjoint image pools, and all
-recordings of `--test-speaker` form the test split (speaker-disjoint). `--degrade` writes noisy, occluded
+recordings of `--test-speaker` form the test split (speaker-disjoint); the `group` column names each row's
+speaker (so `cross_fit.folds` holds out whole speakers). `--degrade` writes noisy, occluded
 copies of the images next to the manifest and uses those instead.
 """
 
@@ -99,7 +100,7 @@ def build(images: Path, audio: Path, out: Path, test_speaker: str, val_speaker: 
     counts: dict[str, int] = defaultdict(int)
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["split", "label", "image", "audio"] + (["text"] if captions else []))
+        writer.writerow(["split", "label", "group", "image", "audio"] + (["text"] if captions else []))
         for label, speaker, path in recordings:
             split = "test" if speaker == test_speaker else "val" if speaker == val_speaker else "train"
             pool = pools.get((split, label))
@@ -110,7 +111,7 @@ def build(images: Path, audio: Path, out: Path, test_speaker: str, val_speaker: 
                     target = out.parent / "degraded" / f"{image.stem}_{path.stem}.png"
                     degrade_image(image, target, degrade, np_rng)
                     image = target
-                row = [split, label, str(image.resolve()), str(path.resolve())]
+                row = [split, label, speaker, str(image.resolve()), str(path.resolve())]
                 writer.writerow(row + ([caption_for(label, rng)] if captions else []))
                 counts[split] += 1
     return dict(counts)

@@ -18,12 +18,15 @@ class FusionResult:
             sample sum to 1 over its present modalities and are 0 for absent ones).
         aux_loss: scalar regularisation (gate entropy / load balance), already weighted.
         unimodal_logits: modality -> (B, num_classes) per-modality decisions, where the fusion has them.
+        decision_logits: name -> (B, num_classes), every decision a decision-level gate weighs (the modality
+            decisions and, for progressive fusion, the fused one), where the fusion has such a gate.
     """
 
     logits: torch.Tensor
     gate_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     aux_loss: torch.Tensor | float = 0.0
     unimodal_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    decision_logits: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Fusion(nn.Module):
@@ -34,6 +37,19 @@ class Fusion(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.fuse(features, mask).logits
+
+    def decision_gate_module(self) -> nn.Module | None:
+        """The gate that `combine_decisions` trains, if this fusion can combine decisions on their own."""
+        return None
+
+    def combine_decisions(self, decisions: dict[str, torch.Tensor],
+                          mask: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused logits (B, K) and gate loss from `FusionResult.decision_logits` alone (no features).
+
+        Used to fit the decision gate on out-of-fold decisions (fusion/tasks/cross_fit.py). `mask` holds a
+        (B,) presence mask per decision name.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no decision gate that reads decisions alone")
 
 
 def stack_mask(mask: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:

@@ -6,6 +6,10 @@ paper's backward connections); finally a decision-level gate combines the fused 
 modality. The per-modality decisions are read from the streams *before* any feedback, so they stay truly
 unimodal: when one modality misleads the fused state (e.g. speech of a speaker never seen in training), the
 decision gate still has an uncontaminated decision of every other modality to fall back on.
+
+With ``decision_gate_inputs="confidence"`` the decision gate reads only the decisions (log-probabilities and
+entropy of each), not the stream states, so it can be fitted afterwards on decisions of other models: the
+out-of-fold decisions of cross-fitting (fusion/tasks/cross_fit.py).
 """
 
 from __future__ import annotations
@@ -30,11 +34,16 @@ class ProgressiveFusion(Fusion):
         num_stages: fusion stages (each: gate -> fused state; between stages: feedback -> stream block).
         dropout: dropout inside stream blocks.
         gate: keyword arguments of every ModalityGate.
+        decision_gate_inputs: "states" (stream state + decision confidence per decision) or "confidence"
+            (decision confidence only; needed to fit the gate on out-of-fold decisions).
     """
 
     def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, num_stages: int = 2,
-                 dropout: float = 0.1, gate: dict | None = None):
+                 dropout: float = 0.1, gate: dict | None = None, decision_gate_inputs: str = "states"):
         super().__init__()
+        if decision_gate_inputs not in ("states", "confidence"):
+            raise ValueError(f"decision_gate_inputs must be 'states' or 'confidence', got {decision_gate_inputs!r}")
+        self.decision_gate_inputs = decision_gate_inputs
         gate = gate or {}
         self.modalities = sorted(modality_dims)
         h = hidden_dim
@@ -50,7 +59,8 @@ class ProgressiveFusion(Fusion):
             for _ in range(num_stages - 1))
         self.heads = nn.ModuleDict({m: nn.Linear(h, num_classes) for m in self.modalities})
         self.fused_head = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, num_classes))
-        self.decision_gate = ModalityGate({m: h + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
+        state_dim = h if decision_gate_inputs == "states" else 0
+        self.decision_gate = ModalityGate({m: state_dim + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
@@ -71,12 +81,30 @@ class ProgressiveFusion(Fusion):
         decisions = {m: self.heads[m](unimodal_states[m]) for m in self.modalities}  # m -> (B, K), no feedback in them
         decisions[FUSED] = self.fused_head(fused)  # (B, K)
         states = {**unimodal_states, FUSED: fused}
-        gate_in = {m: torch.cat([states[m], confidence_features(decisions[m])], dim=1) for m in decisions}
         decision_mask = {**mask, FUSED: torch.ones_like(mask[self.modalities[0]], dtype=torch.bool)}
-        weights, decision_reg = self.decision_gate(gate_in, decision_mask)  # (B, M + 1)
+        logits, weights, decision_reg = self._decide(decisions, decision_mask, states)
         names = self.decision_gate.modalities
-        logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in names], dim=1)  # (B, M + 1, K)
-        logits = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
         gate_weights.update(named_weights("decision", [n.replace(FUSED, "fused") for n in names], weights))
         unimodal = {m: decisions[m] for m in self.modalities}
-        return FusionResult(logits, gate_weights, reg + decision_reg, unimodal)
+        return FusionResult(logits, gate_weights, reg + decision_reg, unimodal, decisions)
+
+    def _decide(self, decisions: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
+                states: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gate-weighted sum of the decisions' log-probabilities: logits (B, K), weights (B, M + 1), gate loss."""
+        gate_in = {m: confidence_features(decisions[m]) for m in decisions}  # m -> (B, K + 1)
+        if self.decision_gate_inputs == "states":
+            gate_in = {m: torch.cat([states[m], gate_in[m]], dim=1) for m in decisions}
+        weights, decision_reg = self.decision_gate(gate_in, mask)  # (B, M + 1)
+        logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in self.decision_gate.modalities], dim=1)  # (B, M + 1, K)
+        return (weights.unsqueeze(-1) * logp).sum(dim=1), weights, decision_reg
+
+    def decision_gate_module(self) -> nn.Module | None:
+        return self.decision_gate if self.decision_gate_inputs == "confidence" else None
+
+    def combine_decisions(self, decisions: dict[str, torch.Tensor],
+                          mask: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.decision_gate_inputs != "confidence":
+            raise ValueError("combining stored decisions needs model.fusion.decision_gate_inputs=confidence "
+                             "(the 'states' gate also reads stream features)")
+        logits, _, reg = self._decide(decisions, mask, None)
+        return logits, reg

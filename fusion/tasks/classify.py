@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 
 from fusion.checkpoints import load_checkpoint_file
 from fusion.model import FusionModel
+from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.gate_calibration import calibrate_gates
 
 
@@ -54,6 +55,9 @@ class ClassificationTask(L.LightningModule):
             "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
             "f1": torchmetrics.F1Score(task="multiclass", num_classes=k, average="macro"),
         })
+        self.out_of_fold: dict | None = None  # set by train() with cross_fit.folds > 1
+        self.out_of_fold_epochs, self.out_of_fold_lr = 40, 3e-3
+        self.out_of_fold_report: dict[str, float] = {}
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
@@ -79,6 +83,13 @@ class ClassificationTask(L.LightningModule):
         metrics.update(result.logits.detach(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        if stage != "train":
+            for name, logits in (result.decision_logits or result.unimodal_logits).items():
+                present = batch["mask"].get(name, torch.ones_like(labels, dtype=torch.bool))
+                if bool(present.any()):
+                    correct = (logits.detach().argmax(1) == labels)[present].float().mean()
+                    self.log(f"{stage}/decision_acc/{name.lstrip('~')}", correct, on_step=False, on_epoch=True,
+                             batch_size=int(present.sum()))
         for name, weights in result.gate_weights.items():
             modality = name.split("/")[-1]
             present = batch["mask"][modality] if modality in batch["mask"] else torch.ones_like(labels, dtype=torch.bool)
@@ -97,16 +108,29 @@ class ClassificationTask(L.LightningModule):
         self._step(batch, "test")
 
     def on_fit_end(self) -> None:
-        """Optional held-out gate calibration on the best weights; rewrites the best checkpoint."""
-        if not self.hparams.gate_calibration_epochs:
+        """Optional gate fitting on the best weights (held-out calibration, cross-fitted decision gate);
+        rewrites the best checkpoint."""
+        if not self.hparams.gate_calibration_epochs and self.out_of_fold is None:
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
         if best:
             self.load_state_dict(load_checkpoint_file(best)["state_dict"])
-        losses = calibrate_gates(self.model, self.trainer.datamodule.val_dataloader(), self.hparams.gate_calibration_epochs,
-                                 self.hparams.gate_calibration_lr, self.hparams.label_smoothing)
-        print(f"[gate calibration] val loss per epoch: {[round(x, 4) for x in losses]}")
+        if self.out_of_fold is not None:
+            fusion = self.model.fusion
+            before = decision_accuracy(fusion, self.out_of_fold)
+            losses = fit_decision_gate(fusion, self.out_of_fold, self.out_of_fold_epochs, self.out_of_fold_lr,
+                                       label_smoothing=self.hparams.label_smoothing)
+            after = decision_accuracy(fusion, self.out_of_fold)
+            self.out_of_fold_report = {**{f"cross_fit/oof_acc/{k}": v for k, v in before.items() if k != "gated"},
+                                       "cross_fit/oof_acc/gated_before": before["gated"],
+                                       "cross_fit/oof_acc/gated_after": after["gated"]}
+            print(f"[cross_fit] decision gate refitted on {len(self.out_of_fold['label'])} out-of-fold rows; "
+                  f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; accuracy {self.out_of_fold_report}")
+        if self.hparams.gate_calibration_epochs:
+            losses = calibrate_gates(self.model, self.trainer.datamodule.val_dataloader(), self.hparams.gate_calibration_epochs,
+                                     self.hparams.gate_calibration_lr, self.hparams.label_smoothing)
+            print(f"[gate calibration] val loss per epoch: {[round(x, 4) for x in losses]}")
         if best:
             self.trainer.save_checkpoint(best)
 
