@@ -1,26 +1,44 @@
 """Top-k gradient sparsification with error feedback (Deep Gradient Compression style).
 
-Lin et al. 2018, "Deep Gradient Compression". Each rank adds its residual to the bucket, keeps the
-``k = ceil(ratio * N)`` entries of largest magnitude, and sends them as compact (value, int32 index)
-pairs packed into one byte buffer. Indices differ across ranks, so the pairs are all-gathered (not
-all-reduced) and scattered into a dense average. Everything not sent stays in the residual. The first
-``warmup_steps`` steps are dense fp32 all-reduces. Then, with ``density_warmup_steps``, the sent fraction
-starts at 25 % and shrinks 4x per stage (25 %, 6.25 %, 1.56 %, ...) down to ``ratio``, the stages spread
-evenly over those steps (the paper's exponential sparsity warm-up). Momentum correction and local clipping
-from the paper are not applied (the optimizer keeps its own momentum).
+Lin et al. 2018, "Deep Gradient Compression". Each rank adds its residual to the bucket, keeps
+``k = ceil(ratio * N)`` entries (by default those of largest magnitude, see ``selection`` below), and sends
+them as compact (value, int32 index) pairs packed into one byte buffer. Indices differ across ranks, so the
+pairs are all-gathered (not all-reduced) and scattered into a dense average. Everything not sent stays in
+the residual. The first ``warmup_steps`` steps are dense fp32 all-reduces. Then, with
+``density_warmup_steps``, the sent fraction starts at 25 % and shrinks 4x per stage (25 %, 6.25 %, 1.56 %,
+...) down to ``ratio``, the stages spread evenly over those steps (the paper's exponential sparsity
+warm-up). Momentum correction and local clipping from the paper are not applied (the optimizer keeps its
+own momentum).
+
+Which entries are sent is set by ``selection``. "magnitude" (default, as in the paper): the k largest
+``|gradient + residual|``. Under Adam(W) this can starve parameters whose gradients are small in absolute size
+(later layers, LayerNorm, biases): Adam divides every coordinate's step by that coordinate's own gradient RMS,
+so such a parameter would move as fast as any other, but its entries rarely win a ranking by raw size and
+their updates wait in the residual. "normalized": the k largest ``|gradient + residual| / (sqrt(v) + eps)``,
+v the bias-corrected moving average of the entry's squared local gradient (decay ``selection_beta``, like
+Adam's beta2; :mod:`fusion.distributed.moments`), i.e. the withheld update measured in steps of the entry's
+typical gradient, the unit Adam moves it in. Only the ranking changes: the values sent are still the raw
+``gradient + residual`` entries, exactly k per rank, and everything not sent stays in the residual. v is
+updated every step, dense warm-up steps included (so the first sparse step already ranks with it), and is
+stored per parameter like the residual, so it survives DDP's bucket rebuilds and checkpoint round trips.
+It costs one more float per gradient entry and a few elementwise operations per bucket.
 
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
-optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual as it was.
+optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v) as it was.
 """
 
+import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from fusion.distributed.base import HookState, completed_future
+from fusion.distributed.moments import SquaredGradientMean
+
+log = logging.getLogger(__name__)
 
 _VALUE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -39,14 +57,30 @@ class TopKState(HookState):
         granularity: "bucket" (the k largest of the whole bucket) or "tensor" (``ceil(ratio * n)`` largest of
             every gradient tensor; independent of DDP's bucket layout, so a resumed multi-bucket run
             reproduces an uninterrupted one exactly, at the cost of one top-k kernel per tensor).
+        selection: rank entries by "magnitude" ``|corrected|`` or "normalized" ``|corrected| / (sqrt(v) + eps)``
+            (see the module docstring).
+        selection_beta: decay of the moving average v of squared gradients for "normalized", in [0, 1).
+        selection_eps: eps of "normalized", > 0 (keeps entries whose gradient was always zero at score 0).
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
                  warmup_steps: int = 0, value_dtype: str = "fp16",
-                 granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0) -> None:
+                 granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0,
+                 selection: Literal["magnitude", "normalized"] = "magnitude", selection_beta: float = 0.99,
+                 selection_eps: float = 1e-8) -> None:
         super().__init__(module, process_group)
         if granularity not in ("bucket", "tensor"):
             raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {granularity!r}")
+        if selection not in ("magnitude", "normalized"):
+            raise ValueError(f"topk selection must be 'magnitude' or 'normalized', got {selection!r}")
+        if not 0.0 <= selection_beta < 1.0:
+            raise ValueError(f"topk selection_beta must be in [0, 1), got {selection_beta}")
+        if not selection_eps > 0.0:
+            raise ValueError(f"topk selection_eps must be > 0, got {selection_eps}")
+        self.selection = selection
+        self.selection_eps = selection_eps
+        self.squared_means = (SquaredGradientMean(self.residuals.param_index, selection_beta)
+                              if selection == "normalized" else None)
         self.granularity = granularity
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"topk ratio must be in (0, 1], got {ratio}")
@@ -77,17 +111,35 @@ class TopKState(HookState):
         """Entries each rank sends for ``numel`` gradients at the current step."""
         return min(numel, max(1, math.ceil(self.density() * numel)))
 
-    def select(self, bucket: dist.GradBucket, corrected: torch.Tensor) -> torch.Tensor:
-        """Indices of the entries to send: top-k of the bucket, or of each of its tensors."""
+    def select(self, bucket: dist.GradBucket, scores: torch.Tensor) -> torch.Tensor:
+        """Indices of the entries to send: the k highest ``scores`` ((N,)) of the bucket, or of each tensor."""
         if self.granularity == "bucket":
-            return torch.topk(corrected.abs(), self.k(corrected.numel()), sorted=False).indices  # (k,)
+            return torch.topk(scores, self.k(scores.numel()), sorted=False).indices  # (k,)
         picked, offset = [], 0
         for param in bucket.parameters():
             size = param.numel()
-            top = torch.topk(corrected[offset:offset + size].abs(), self.k(size), sorted=False).indices
+            top = torch.topk(scores[offset:offset + size], self.k(size), sorted=False).indices
             picked.append(top + offset)
             offset += size
         return torch.cat(picked)  # (k,)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state, plus the squared-gradient means for ``selection="normalized"``."""
+        state = super().state_dict()
+        if self.squared_means is not None:
+            state["squared_gradient_means"] = self.squared_means.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        if self.squared_means is not None:
+            saved = state.get("squared_gradient_means")
+            if saved is None:
+                log.warning("topk: the hook state holds no squared-gradient means (saved with "
+                            "selection=magnitude?); selection=normalized starts them from zero")
+                saved = {"means": {}, "weights": {}}
+            self.squared_means.load_state_dict(saved)
 
 
 def _dense_average(state: TopKState, buffer: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -100,16 +152,29 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     """DDP communication hook: all-gather of the top-k (value, index) pairs, with error feedback."""
     buffer = bucket.buffer()  # (N,)
     numel, world_size = buffer.numel(), state.world_size
+    # selection="normalized": this step's squared local gradient, taken before the dense path divides the buffer
+    moments = state.squared_means.updated(bucket, buffer) if state.squared_means is not None else None
     if state.step < state.warmup_steps:
         future = _dense_average(state, buffer) if world_size > 1 else completed_future(buffer)
         state.finish_bucket(bucket, compressed=False)
-        return future
+        if moments is None:
+            return future
+
+        def keep_moments(future: torch.futures.Future) -> torch.Tensor:
+            average = future.value()  # (N,) inf/NaN if any rank's gradient held them
+            state.squared_means.commit(bucket, moments, nonfinite=~torch.isfinite(average).all())
+            return average
+
+        return future.then(keep_moments)
 
     work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
     old_residual = state.residuals.get(bucket)
     corrected = buffer.to(work_dtype)  # (N,)
     corrected = corrected + old_residual if old_residual is not None else corrected.clone()
-    indices = state.select(bucket, corrected)  # (k,)
+    scores = corrected.abs()  # (N,)
+    if moments is not None:
+        scores = scores.div_(moments.rms().add_(state.selection_eps))  # (N,) in units of each entry's gradient RMS
+    indices = state.select(bucket, scores)  # (k,)
     k = indices.numel()
     values = corrected[indices].to(state.value_dtype)  # (k,) as sent
     residual = corrected.index_put((indices,), corrected[indices] - values.to(work_dtype))  # (N,)
@@ -129,6 +194,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
         all_indices = rows[:, k * value_bytes:].contiguous().view(torch.int32).long()  # (W, k)
         any_overflow = ~torch.isfinite(all_values).all()  # a skipped step consumes no residual anywhere
         state.residuals.set(bucket, torch.where(any_overflow, keep, residual))
+        if moments is not None:
+            state.squared_means.commit(bucket, moments, nonfinite=any_overflow)
         dense = torch.zeros(numel, dtype=work_dtype, device=buffer.device)  # (N,)
         for rank in range(world_size):  # fixed order: identical float sums on every rank
             dense.index_add_(0, all_indices[rank], all_values[rank].to(work_dtype))

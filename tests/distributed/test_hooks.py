@@ -4,6 +4,7 @@ One spawn runs every scenario (``run_scenarios``) and saves what each rank saw; 
 """
 
 import io
+import math
 
 import pytest
 import torch
@@ -16,6 +17,24 @@ from tests.distributed.spawn import run_gloo
 
 WORLD = 2
 TOPK_RATIO = 0.05
+# selection="normalized" scenarios: label -> (hook args, DDP bucket_cap_mb); fp64 values, two dense warm-up steps
+NORMALIZED = {
+    "topk_normalized": ({"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64",
+                         "selection": "normalized"}, None),
+    # several buckets, per-tensor top-k, and an eps near the gradients' size (bias correction changes the ranking)
+    "topk_normalized_tensor": ({"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64",
+                                "selection": "normalized", "granularity": "tensor", "selection_beta": 0.9,
+                                "selection_eps": 0.05}, 0.001),
+}
+# label -> (hook, args) of the inf scenario (rank 0 poisons step 2)
+INF_CASES = {
+    "int8": ("int8", {}),
+    "topk": ("topk", {"ratio": 0.1}),
+    "topk_normalized": ("topk", {"ratio": 0.1, "warmup_steps": 1, "selection": "normalized"}),
+    "topk_normalized_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "selection": "normalized"}),  # step 2 dense
+    "fp16": ("fp16", {}),
+    "powersgd": ("powersgd", {"warmup_steps": 2}),
+}
 
 
 def make_model(dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -36,20 +55,31 @@ def grads(model: nn.Module) -> list[torch.Tensor]:
 
 
 def recording(hook):
-    """Wraps a hook; per call keeps the bucket input, the residual before and after, and the result."""
+    """Wraps a hook; per call keeps the bucket input, the residual before and after, and the result.
+
+    For top-k with ``selection="normalized"`` also the stored squared-gradient means and bias-correction
+    weights after the call (``mean_new`` (N,), ``weight_new`` (P,)).
+    """
     calls: list[dict] = []
 
+    def clone_or_none(tensor):
+        return None if tensor is None else tensor.clone()
+
     def recorded_hook(state, bucket):
-        before = state.residuals.get(bucket)
         entry = {"step": state.step, "input": bucket.buffer().detach().clone(),
-                 "old": None if before is None else before.clone(),
-                 "sizes": [p.numel() for p in bucket.parameters()]}
+                 "old": clone_or_none(state.residuals.get(bucket)),
+                 "sizes": [p.numel() for p in bucket.parameters()], "positions": state.residuals.layout(bucket)}
+        moments = getattr(state, "squared_means", None)
+        if moments is not None:
+            entry["mean_old"] = clone_or_none(moments.means.get(bucket))
         calls.append(entry)
 
         def keep(future):
             entry["output"] = future.value().detach().clone()
-            after = state.residuals.get(bucket)
-            entry["new"] = None if after is None else after.clone()
+            entry["new"] = clone_or_none(state.residuals.get(bucket))
+            if moments is not None:
+                entry["mean_new"] = clone_or_none(moments.means.get(bucket))
+                entry["weight_new"] = clone_or_none(moments.weights.get(bucket))
             return future.value()
 
         return hook(state, bucket).then(keep)
@@ -98,9 +128,10 @@ def scenario_exact(rank: int) -> dict:
     return {"plain": plain_grads, "hooked": hooked_grads, "summary": state.counter.summary()}
 
 
-def scenario_recorded(rank: int, name: str, args: dict, dtype: torch.dtype, steps: int = 4) -> dict:
+def scenario_recorded(rank: int, name: str, args: dict, dtype: torch.dtype, steps: int = 4,
+                      bucket_cap_mb: float | None = None) -> dict:
     """Runs a recorded hook; adds the exact average and the per-tensor agreed maxima of each bucket."""
-    ddp, state, recorder = wrap(name, args, dtype=dtype, record=True)
+    ddp, state, recorder = wrap(name, args, dtype=dtype, bucket_cap_mb=bucket_cap_mb, record=True)
     train(ddp, make_optimizer(ddp), rank, range(steps))
     for call in recorder.calls:
         corrected = call["input"].to(dtype) + (call["old"] if call["old"] is not None else 0)
@@ -208,15 +239,22 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         "topk": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64"},
                                   torch.float64),
         "topk_fp16": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO}, torch.float32),
+        **{label: scenario_recorded(rank, "topk", args, torch.float64, steps=6, bucket_cap_mb=cap)
+           for label, (args, cap) in NORMALIZED.items()},
         "resume": {
             "int8": scenario_resume(rank, "int8", {"block_size": 64}, bucket_cap_mb=0.001),
             "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
             "topk_tensor": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "granularity": "tensor"},
                                            bucket_cap_mb=0.001),
+            "topk_normalized": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1,
+                                                              "selection": "normalized"}, None),
+            "topk_tensor_normalized": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1,
+                                                                     "granularity": "tensor",
+                                                                     "selection": "normalized"},
+                                                      bucket_cap_mb=0.001),
             "powersgd": scenario_resume(rank, "powersgd", {"rank": 1, "warmup_steps": 2}, None),
         },
-        "inf": {name: scenario_inf(rank, name, args) for name, args in
-                [("int8", {}), ("topk", {"ratio": 0.1}), ("fp16", {}), ("powersgd", {"warmup_steps": 2})]},
+        "inf": {label: scenario_inf(rank, name, args) for label, (name, args) in INF_CASES.items()},
         "scalar": scenario_scalar_parameter(rank),
         "accumulation": {name: scenario_accumulation(rank, name, args) for name, args in
                          [("int8", {}), ("topk", {"warmup_steps": 1})]},
@@ -314,7 +352,68 @@ def test_topk_fp16_values_keep_their_rounding_error(results):
         assert rank_result["topk_fp16"]["summary"]["compressed_compression"] > 0.9 / TOPK_RATIO * 8 / 6 / WORLD
 
 
-@pytest.mark.parametrize("name", ["int8", "topk", "topk_tensor", "powersgd"])
+def normalized_oracle(calls: list[dict], args: dict) -> None:
+    """Recomputes here, per call, the moving average of squared gradients and the entries the criterion picks.
+
+    Adds ``oracle_mean`` (N,), ``oracle_weight`` (P,), ``oracle_sent`` (N,) bool and ``magnitude_sent`` (N,) bool
+    (what ``selection="magnitude"`` would send) to every call.
+    """
+    beta, eps = args.get("selection_beta", 0.99), args.get("selection_eps", 1e-8)
+    mean: dict[int, torch.Tensor] = {}  # parameter position -> (numel,) running mean of squared gradients
+    weight: dict[int, float] = {}  # parameter position -> 1 - beta ** updates
+    for call in calls:  # in the order the hook ran
+        positions = call["positions"]
+        for position, grad in zip(positions, call["input"].double().split(call["sizes"]), strict=True):
+            mean[position] = beta * mean.get(position, torch.zeros_like(grad)) + (1 - beta) * grad * grad
+            weight[position] = beta * weight.get(position, 0.0) + (1 - beta)
+        call["oracle_mean"] = torch.cat([mean[p] for p in positions])
+        call["oracle_weight"] = torch.tensor([weight[p] for p in positions], dtype=torch.float64)
+        rms = torch.cat([(mean[p] / weight[p]).sqrt() for p in positions])  # (N,) bias-corrected
+        corrected = call["corrected"].double()
+        for key, scores in [("oracle_sent", corrected.abs() / (rms + eps)), ("magnitude_sent", corrected.abs())]:
+            groups = call["sizes"] if args.get("granularity") == "tensor" else [corrected.numel()]
+            chosen = torch.zeros(corrected.numel(), dtype=torch.bool)
+            offset = 0
+            for size in groups:
+                k = min(size, max(1, math.ceil(args["ratio"] * size)))
+                order = torch.argsort(scores[offset:offset + size], descending=True)
+                chosen[offset + order[:k]] = True
+                offset += size
+            call[key] = chosen
+
+
+@pytest.mark.parametrize("label", list(NORMALIZED))
+def test_topk_normalized_selection_matches_oracle_and_keeps_the_rest(results, label):
+    args, _ = NORMALIZED[label]
+    for rank_result in results:
+        calls = rank_result[label]["calls"]
+        normalized_oracle(calls, args)
+        if args.get("granularity") == "tensor":
+            assert len({c["positions"] for c in calls if c["step"] == 1}) > 1  # several buckets
+        warmup = [c for c in calls if c["step"] < args["warmup_steps"]]
+        sparse = [c for c in calls if c["step"] >= args["warmup_steps"]]
+        assert warmup and sparse
+        for call in warmup:  # dense steps, but the running mean is updated
+            assert torch.allclose(call["output"], call["exact"], rtol=1e-12, atol=0)
+        for call in calls:
+            torch.testing.assert_close(call["mean_new"], call["oracle_mean"], rtol=1e-12, atol=0)
+            torch.testing.assert_close(call["weight_new"], call["oracle_weight"], rtol=1e-12, atol=0)
+        for call in sparse:
+            sent_mask = call["sent"] != 0
+            assert int(sent_mask.sum()) == int(call["oracle_sent"].sum())  # exactly k per rank (per tensor)
+            assert torch.equal(sent_mask, call["oracle_sent"])  # the criterion's top-k, computed here
+            # the float64 error-feedback invariant: raw corrected values sent, the rest stays, nothing lost
+            assert torch.equal(call["sent"][sent_mask], call["corrected"][sent_mask])
+            assert torch.equal(call["new"][~sent_mask], call["corrected"][~sent_mask])
+            assert torch.all(call["new"][sent_mask] == 0)
+            assert torch.equal(call["sent"] + call["new"], call["corrected"])
+            assert torch.allclose(call["output"], call["sent_mean"], rtol=1e-12, atol=1e-15)
+        # the criterion is not the magnitude ranking in disguise
+        assert any(not torch.equal(c["oracle_sent"], c["magnitude_sent"]) for c in sparse)
+
+
+@pytest.mark.parametrize("name", ["int8", "topk", "topk_tensor", "topk_normalized", "topk_tensor_normalized",
+                                  "powersgd"])
 def test_save_load_next_step_equals_uninterrupted(results, name):
     for rank_result in results:
         run = rank_result["resume"][name]
@@ -323,15 +422,21 @@ def test_save_load_next_step_equals_uninterrupted(results, name):
                 assert torch.equal(expected, resumed)
 
 
-@pytest.mark.parametrize("name", ["int8", "topk", "fp16", "powersgd"])
-def test_inf_reaches_the_optimizer_step(results, name):
+@pytest.mark.parametrize("label", list(INF_CASES))
+def test_inf_reaches_the_optimizer_step(results, label):
     for rank_result in results:
-        run = rank_result["inf"][name]
+        run = rank_result["inf"][label]
         assert not all(torch.isfinite(g).all() for g in run["grads"][2])  # on both ranks
         assert all(torch.isfinite(g).all() for step in (0, 1, 3) for g in run["grads"][step])
         for call in run["calls"]:
-            if call["step"] == 2 and call["old"] is not None and name in ("int8", "topk"):
+            if call["step"] == 2 and call["old"] is not None and INF_CASES[label][0] in ("int8", "topk"):
                 assert torch.equal(call["old"], call["new"])  # residual not poisoned
+            if "mean_old" in call:
+                assert call["mean_new"] is not None and torch.isfinite(call["mean_new"]).all()
+                if call["step"] == 2:  # the running mean of squared gradients is not updated either
+                    assert torch.equal(call["mean_old"], call["mean_new"])
+                else:
+                    assert call["mean_old"] is None or not torch.equal(call["mean_old"], call["mean_new"])
 
 
 @pytest.mark.parametrize("name", ["int8", "topk"])

@@ -62,23 +62,32 @@ def fit(hook: str, args: dict, epochs: int, ckpt_path: str | None = None, accumu
     return trainer, task
 
 
+# label -> (hook, args) of the fit / checkpoint / resumed-fit runs
+RESUMED = {
+    "int8": ("int8", {}),
+    "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor"}),
+    "topk_normalized": ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor",
+                                 "selection": "normalized"}),
+    "powersgd": ("powersgd", {"warmup_steps": 2}),
+}
+
+
 def lightning_worker(rank: int, world: int, out_dir: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world)})  # launched externally: Lightning joins our group
     results = {}
-    for hook, args in [("int8", {}), ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor"}),
-                       ("powersgd", {"warmup_steps": 2})]:
+    for label, (hook, args) in RESUMED.items():
         trainer, task = fit(hook, args, epochs=2)
         uninterrupted = [p.detach().clone() for p in task.parameters()]
         summary = trainer.strategy.comm_summary()
         logged = float(trainer.callback_metrics["comm/compression"])
 
         trainer, _ = fit(hook, args, epochs=1)
-        path = f"{out_dir}/{hook}.ckpt"
+        path = f"{out_dir}/{label}.ckpt"
         trainer.save_checkpoint(path)
         trainer, task = fit(hook, args, epochs=2, ckpt_path=path)
         resumed = [p.detach().clone() for p in task.parameters()]
-        results[hook] = {"uninterrupted": uninterrupted, "resumed": resumed, "summary": summary, "logged": logged,
+        results[label] = {"uninterrupted": uninterrupted, "resumed": resumed, "summary": summary, "logged": logged,
                          "hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
     trainer, _ = fit("int8", {}, epochs=1, accumulate=2)
     results["accumulate"] = {"hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
@@ -94,7 +103,7 @@ def lightning_results(tmp_path_factory):
     return out_dir, [torch.load(out_dir / f"{rank}.pt", weights_only=False) for rank in range(2)]
 
 
-@pytest.mark.parametrize("hook", ["int8", "topk", "powersgd"])
+@pytest.mark.parametrize("hook", list(RESUMED))
 def test_resumed_fit_continues_exactly(lightning_results, hook):
     _, results = lightning_results
     for rank_result in results:
@@ -125,6 +134,17 @@ def test_checkpoint_holds_every_rank_state_and_loads_weights_only(lightning_resu
     assert saved["name"] == "int8" and saved["world_size"] == 2 and len(saved["ranks"]) == 2
     assert all(state["step"] == 4 and state["residuals"] for state in saved["ranks"])
     assert not torch.equal(saved["ranks"][0]["residuals"][0], saved["ranks"][1]["residuals"][0])  # per rank
+    # selection="normalized" also keeps every rank's running squared-gradient means, per parameter
+    saved = torch.load(out_dir / "topk_normalized.ckpt", weights_only=True)[CHECKPOINT_KEY]
+    assert saved["args"]["selection"] == "normalized"
+    sizes = [p.numel() for p in TinyTask().parameters()]
+    for state in saved["ranks"]:
+        moments = state["squared_gradient_means"]
+        assert sorted(moments["means"]) == list(range(len(sizes)))
+        assert [moments["means"][i].numel() for i in range(len(sizes))] == sizes
+        assert all(weight.numel() == 1 and 0 < float(weight) < 1 for weight in moments["weights"].values())
+    first = [state["squared_gradient_means"]["means"][0] for state in saved["ranks"]]
+    assert not torch.equal(first[0], first[1])  # local gradients differ per rank
 
 
 def test_state_advances_once_per_optimizer_step_with_accumulation(lightning_results):

@@ -1,17 +1,9 @@
 """Top-k density warm-up: the sent fraction falls 4x per stage from 25 % to the target ratio."""
 
 import pytest
-import torch.distributed as dist
 from torch import nn
 
 from fusion.distributed.topk import TopKState
-
-
-@pytest.fixture
-def one_rank_group(tmp_path):
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_density_warmup_stages_then_ratio(one_rank_group):
