@@ -7,13 +7,15 @@
 #                                                # early/late/progressive runs, CRF benchmark, int8 hook profile
 #   bash benchmarks/gpu_protocol.sh evalruns OUT  # only the runs the CPU evaluation needs, packed into OUT
 #   bash benchmarks/gpu_protocol.sh scaling OUT   # DDP throughput and scaling on 1, 2 and 4 GPUs per hook
+#   bash benchmarks/gpu_protocol.sh crossfit OUT  # progressive fusion with a cross-fitted decision gate vs
+#                                                # image only, every speaker split, seeds 0 and 1
 #
 # Real data is read from $REALDATA (default .devdata: mnist/ and fsdd/recordings/ as in ../shared/data).
 # Results go to OUT (JSON/markdown); run folders stay under checkpoints/ (git-ignored); `train` and `evalruns`
 # also pack the run folders that the CPU evaluation needs into OUT/runs.tgz.part-* (best checkpoint, config,
 # metrics, manifest; `cat runs.tgz.part-* | tar -xzf -`).
 set -uo pipefail
-USAGE="usage: gpu_protocol.sh train|evalruns|measure|scaling OUT"
+USAGE="usage: gpu_protocol.sh train|evalruns|measure|scaling|crossfit OUT"
 STAGE=${1:?$USAGE}
 OUT=$(mkdir -p "${2:?$USAGE}" && cd "$2" && pwd)
 cd "$(dirname "$0")/.."
@@ -105,7 +107,27 @@ case $STAGE in
     cp checkpoints/ddp_gpu/results.md "$OUT/ddp_gpu.md"
     (cd checkpoints/ddp_gpu && tar -czf "$OUT/ddp_gpu_json.tar.gz" ./*.json)
     ;;
-  *) echo "unknown stage '$STAGE' (train | evalruns | measure | scaling)"; exit 2 ;;
+  crossfit)
+    # every speaker split (+ degraded theo), seeds 0 and 1: progressive fusion, progressive fusion with a
+    # cross-fitted decision gate (3 speaker folds: 4 trainings, data loading in 3 workers) and image only; then
+    # the test (and out-of-fold) decisions of the fusion runs, for offline analysis of the decision gate
+    SWEEP=${SWEEP_CROSSFIT:-checkpoints/crossfit_sweep}
+    FUSION_COMMON[3]=$SWEEP
+    timeout "${SWEEP_SECONDS:-560}" "$PY" benchmarks/fusion_accuracy.py "${FUSION_COMMON[@]}" --jobs 30 --threads 2 \
+      --speakers jackson nicolas theo yweweler --degraded-speakers theo --seeds 0 1 \
+      --only fsdd-jackson fsdd-nicolas fsdd-theo fsdd-yweweler fsdd-theo-degraded \
+      --models progressive progressive-xfit "image only" \
+      --extra-models "progressive-xfit=recipe=progressive,model.fusion.decision_gate_inputs=confidence,cross_fit.folds=3,data.num_workers=3" \
+      > "$OUT/crossfit.log" 2>&1
+    cp "$SWEEP/results.jsonl" "$OUT/crossfit.jsonl"
+    # every run's metrics.json (per-decision test accuracy, out-of-fold accuracies) in one file
+    "$PY" -c "import json, pathlib, sys; root = pathlib.Path(sys.argv[1]); print(json.dumps({str(p.parent.relative_to(root)): json.loads(p.read_text()) for p in sorted(root.glob('runs/**/metrics.json'))}, indent=1))" \
+      "$SWEEP" > "$OUT/crossfit_metrics.json"
+    "$PY" benchmarks/dump_decisions.py --jobs 5 --out "$OUT/crossfit_decisions.pt" \
+      $(ls -d "$SWEEP"/runs/*/progressive*/ | while read -r d; do [[ -f $d/best.ckpt && -f $d/metrics.json ]] && echo "$d"; done) \
+      > "$OUT/dump_decisions.log" 2>&1
+    ;;
+  *) echo "unknown stage '$STAGE' (train | evalruns | measure | scaling | crossfit)"; exit 2 ;;
 esac
 # at most a handful of files: logs and report folders travel as archives
 (cd "$OUT" && shopt -s nullglob && logs=(*.log) && [[ ${#logs[@]} -gt 0 ]] && tar -czf "logs-$STAGE.tar.gz" "${logs[@]}" && rm -f "${logs[@]}")

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fusion.best_checkpoint import LatestOnTiesCheckpoint
 from fusion.checkpoint_io import build_checkpoint_io
 from fusion.checkpoints import check_resume_checkpoint, load_checkpoint_file, load_matching_weights
 from fusion.faults import CollectiveTimeout, explain_peer_failures
@@ -41,7 +42,7 @@ def build_strategy(cfg: DictConfig):
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
-    best = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
+    best = LatestOnTiesCheckpoint(dirpath=run_dir, filename="best", monitor=cfg.monitor, mode=cfg.monitor_mode,
                            save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks = [best, ExactResumeCallback()]
     if cfg.get("checkpoint_every_n_steps"):
@@ -87,12 +88,12 @@ def out_of_fold_decisions(cfg: DictConfig, run_dir: Path, datamodule) -> dict:
                 fold_cfg.data.manifest = str(fold_dir / "manifest.csv")
                 fold_cfg.data.on_error = "raise"  # rows were checked (and skipped, if asked) by the main run
                 fold_cfg.run_dir, fold_cfg.ckpt_path, fold_cfg.cross_fit.folds = str(fold_dir), None, 0
-            train(fold_cfg)
             fold_data = instantiate(fold_cfg.data)
-            fold_data.prepare()
+            fold_data.prepare(fold_dir)
             if fold_data.classes != datamodule.classes:
                 raise ValueError(f"cross_fit fold {fold}: its classes {fold_data.classes} differ from the data's "
                                  f"{datamodule.classes}; every class needs train rows outside the test split")
+            train(fold_cfg, fold_data)
             task = instantiate(cfg.model, data_spec=fold_data.spec, _recursive_=False, _convert_="all")
             task.load_state_dict(load_checkpoint_file(fold_dir / "best.ckpt")["state_dict"])
             decisions = collect_decisions(task.model.to(device), fold_data.test_dataloader(), device)
@@ -102,8 +103,10 @@ def out_of_fold_decisions(cfg: DictConfig, run_dir: Path, datamodule) -> dict:
     return merge_decisions(parts)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, datamodule=None) -> dict[str, float]:
     """Validates the data, builds the task, fits, tests the best checkpoint and writes the run folder.
+
+    `datamodule`: an already prepared datamodule for `cfg.data` (default: built and validated here).
 
     Returns:
         Flat test metrics, e.g. {"test/acc": 0.97, "test/f1": 0.97}.
@@ -111,8 +114,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare(run_dir)
+    if datamodule is None:
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare(run_dir)
     make_train_loader_resumable(datamodule, int(cfg.seed))
     task = instantiate(cfg.model, data_spec=datamodule.spec, _recursive_=False, _convert_="all")
     if cfg.get("init_from"):

@@ -79,13 +79,13 @@ def collect_decisions(model: nn.Module, loader, device: torch.device | str = "cp
     """Runs `model` (a FusionModel, eval mode) over `loader`; returns the decisions of every batch, concatenated.
 
     Returns:
-        {"decisions": name -> (N, K), "mask": name -> (N,) bool, "label": (N,)}.
+        {"decisions": name -> (N, K), "mask": name -> (N,) bool, "label": (N,), "logits": (N, K) fused output}.
     """
     from fusion.eval.accuracy import to_device
 
     was_training = model.training
     model.eval()
-    decisions, masks, labels = {}, {}, []
+    decisions, masks, labels, fused = {}, {}, [], []
     try:
         for batch in loader:
             batch = to_device(batch, device)
@@ -98,10 +98,11 @@ def collect_decisions(model: nn.Module, loader, device: torch.device | str = "cp
                 decisions.setdefault(name, []).append(logits.float().cpu())
                 masks.setdefault(name, []).append(present.bool().cpu())
             labels.append(batch["label"].cpu())
+            fused.append(result.logits.float().cpu())
     finally:
         model.train(was_training)
     return {"decisions": {n: torch.cat(v) for n, v in decisions.items()},
-            "mask": {n: torch.cat(v) for n, v in masks.items()}, "label": torch.cat(labels)}
+            "mask": {n: torch.cat(v) for n, v in masks.items()}, "label": torch.cat(labels), "logits": torch.cat(fused)}
 
 
 def merge_decisions(parts: list[dict]) -> dict:
@@ -109,7 +110,7 @@ def merge_decisions(parts: list[dict]) -> dict:
     names = parts[0]["decisions"].keys()
     return {"decisions": {n: torch.cat([p["decisions"][n] for p in parts]) for n in names},
             "mask": {n: torch.cat([p["mask"][n] for p in parts]) for n in names},
-            "label": torch.cat([p["label"] for p in parts])}
+            "label": torch.cat([p["label"] for p in parts]), "logits": torch.cat([p["logits"] for p in parts])}
 
 
 def decision_accuracy(fusion: Fusion, data: dict) -> dict[str, float]:

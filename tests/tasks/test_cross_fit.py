@@ -10,7 +10,13 @@ import torch
 
 from fusion.data.manifest import ManifestRow
 from fusion.fusions.progressive import FUSED, ProgressiveFusion
-from fusion.tasks.cross_fit import assign_folds, decision_accuracy, fit_decision_gate, merge_decisions, write_fold_manifest
+from fusion.tasks.cross_fit import (
+    assign_folds,
+    decision_accuracy,
+    fit_decision_gate,
+    merge_decisions,
+    write_fold_manifest,
+)
 from fusion.training import train
 from tests.conftest import compose_recipe
 from tests.tasks.test_recipes import tiny_overrides
