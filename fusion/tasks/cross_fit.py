@@ -108,9 +108,12 @@ def collect_decisions(model: nn.Module, loader, device: torch.device | str = "cp
 def merge_decisions(parts: list[dict]) -> dict:
     """Concatenates the outputs of several `collect_decisions` calls (one per fold)."""
     names = parts[0]["decisions"].keys()
-    return {"decisions": {n: torch.cat([p["decisions"][n] for p in parts]) for n in names},
-            "mask": {n: torch.cat([p["mask"][n] for p in parts]) for n in names},
-            "label": torch.cat([p["label"] for p in parts]), "logits": torch.cat([p["logits"] for p in parts])}
+    merged = {"decisions": {n: torch.cat([p["decisions"][n] for p in parts]) for n in names},
+              "mask": {n: torch.cat([p["mask"][n] for p in parts]) for n in names},
+              "label": torch.cat([p["label"] for p in parts])}
+    if all("logits" in p for p in parts):
+        merged["logits"] = torch.cat([p["logits"] for p in parts])
+    return merged
 
 
 def decision_accuracy(fusion: Fusion, data: dict) -> dict[str, float]:
