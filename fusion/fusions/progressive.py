@@ -36,14 +36,20 @@ class ProgressiveFusion(Fusion):
         gate: keyword arguments of every ModalityGate.
         decision_gate_inputs: "states" (stream state + decision confidence per decision) or "confidence"
             (decision confidence only; needed to fit the gate on out-of-fold decisions).
+        decision_mixing: "logp" (gate-weighted sum of log-probabilities, a product of experts) or "prob"
+            (log of the gate-weighted sum of probabilities, a mixture of experts: one confidently wrong decision
+            moves the result by at most its weight).
     """
 
     def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, num_stages: int = 2,
-                 dropout: float = 0.1, gate: dict | None = None, decision_gate_inputs: str = "states"):
+                 dropout: float = 0.1, gate: dict | None = None, decision_gate_inputs: str = "states",
+                 decision_mixing: str = "logp"):
         super().__init__()
         if decision_gate_inputs not in ("states", "confidence"):
             raise ValueError(f"decision_gate_inputs must be 'states' or 'confidence', got {decision_gate_inputs!r}")
-        self.decision_gate_inputs = decision_gate_inputs
+        if decision_mixing not in ("logp", "prob"):
+            raise ValueError(f"decision_mixing must be 'logp' or 'prob', got {decision_mixing!r}")
+        self.decision_gate_inputs, self.decision_mixing = decision_gate_inputs, decision_mixing
         gate = gate or {}
         self.modalities = sorted(modality_dims)
         h = hidden_dim
@@ -96,7 +102,12 @@ class ProgressiveFusion(Fusion):
             gate_in = {m: torch.cat([states[m], gate_in[m]], dim=1) for m in decisions}
         weights, decision_reg = self.decision_gate(gate_in, mask)  # (B, M + 1)
         logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in self.decision_gate.modalities], dim=1)  # (B, M + 1, K)
-        return (weights.unsqueeze(-1) * logp).sum(dim=1), weights, decision_reg
+        if self.decision_mixing == "prob":  # log sum_m w_m p_m; an absent decision's weight 0 stays ~0, no NaN grads
+            log_weights = torch.log(weights.float().clamp_min(1e-30)).unsqueeze(-1)  # (B, M + 1, 1)
+            mixed = torch.logsumexp(log_weights + logp.float(), dim=1).to(logp.dtype)  # (B, K)
+        else:
+            mixed = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
+        return mixed, weights, decision_reg
 
     def decision_gate_module(self) -> nn.Module | None:
         return self.decision_gate if self.decision_gate_inputs == "confidence" else None

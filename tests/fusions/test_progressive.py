@@ -51,3 +51,27 @@ def test_single_stage_has_no_feedback_and_zero_stages_is_an_error():
     assert len(ProgressiveFusion(DIMS, K, num_stages=1).blocks) == 0
     with pytest.raises(ValueError, match="num_stages"):
         ProgressiveFusion(DIMS, K, num_stages=0)
+
+
+@pytest.mark.parametrize("mixing", ["logp", "prob"])
+def test_decision_mixing_rules(mixing):
+    """logp: sum_m w_m log p_m; prob: log sum_m w_m p_m; an absent modality gets no weight and no NaN gradient."""
+    torch.manual_seed(0)
+    fusion = ProgressiveFusion(DIMS, K, decision_gate_inputs="confidence", decision_mixing=mixing).eval()
+    features, mask = make_inputs(2)
+    mask["text"] = torch.tensor([True, False, True, False, True])
+    features = {m: f.requires_grad_() for m, f in features.items()}
+    result = fusion.fuse(features, mask)
+    names = fusion.decision_gate.modalities
+    weights = torch.stack([result.gate_weights[f"decision/{n.lstrip('~')}"] for n in names], dim=1)  # (B, M + 1)
+    probs = torch.stack([torch.softmax(result.decision_logits[n], dim=1) for n in names], dim=1)  # (B, M + 1, K)
+    expected = ((weights.unsqueeze(-1) * probs).sum(1).log() if mixing == "prob"
+                else (weights.unsqueeze(-1) * probs.log()).sum(1))
+    torch.testing.assert_close(result.logits, expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(weights[~mask["text"], names.index("text")] == 0)
+    result.logits.logsumexp(1).sum().backward()
+    assert all(torch.isfinite(f.grad).all() for f in features.values())
+    # the same combination from the stored decisions alone
+    decision_mask = {**mask, "~fused": torch.ones(B, dtype=torch.bool)}
+    combined, _ = fusion.combine_decisions({n: d.detach() for n, d in result.decision_logits.items()}, decision_mask)
+    torch.testing.assert_close(combined, result.logits.detach(), rtol=1e-5, atol=1e-5)
