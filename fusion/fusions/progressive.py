@@ -96,7 +96,7 @@ class ProgressiveFusion(Fusion):
 
     def _decide(self, decisions: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
                 states: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gate-weighted sum of the decisions' log-probabilities: logits (B, K), weights (B, M + 1), gate loss."""
+        """Gate-weighted combination of the decisions (see `decision_mixing`): logits (B, K), weights (B, M + 1), gate loss."""
         gate_in = {m: confidence_features(decisions[m]) for m in decisions}  # m -> (B, K + 1)
         if self.decision_gate_inputs == "states":
             gate_in = {m: torch.cat([states[m], gate_in[m]], dim=1) for m in decisions}
