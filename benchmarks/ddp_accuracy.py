@@ -5,14 +5,20 @@ Every (hook variant, seed) is one ``train.py`` run with ``trainer.strategy=ddp``
 ``OUT/<variant>/seed<k>`` with its own rendezvous port. The built-in data set is generated once before any run
 starts. A finished run (``metrics.json`` present) is not run again, so an interrupted sweep can be continued.
 
-A variant is ``hook`` or ``label=hook:key=value,key=value`` (hook arguments, e.g. ``topk1=topk:ratio=0.01``).
-Reported per variant: test accuracy mean and std over seeds, the paired difference against ``none`` with the same
-seed (mean, std, worst), bytes per compressed step and compression against an fp32 all-reduce: averaged over
-the compressed steps (a density warm-up counts), at the last logged step (after every warm-up), and whole run.
+A variant is ``hook`` or ``label=hook:key=value,key=value`` (hook arguments, e.g. ``topk1=topk:ratio=0.01``),
+optionally followed by ``;override;override`` (train.py overrides of this variant only, after the shared ones,
+e.g. ``sgdnone=none;model.optimizer=sgd;model.lr=0.1``). Quote it in the shell (``;``). Reported per variant:
+test accuracy mean and std over seeds, the paired difference against ``--baseline`` (variant label, default
+``none``) with the same seed (mean, std, worst), bytes per compressed step and compression against an fp32
+all-reduce: averaged over the compressed steps (a density warm-up counts), at the last logged step (after every
+warm-up), and whole run. The "hook args" column lists the hook arguments, then the variant's overrides.
 
     python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 30 --seeds 0 1 2 3 4  # default variants
     python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --jobs 2 --seeds 0 \\
         --variants none int8 topk0.1=topk:ratio=0.001,warmup_steps=10 topk1=topk:ratio=0.01,warmup_steps=10
+    python benchmarks/ddp_accuracy.py --out checkpoints/ddp_sgd --jobs 1 --seeds 0 1 --baseline sgdnone --variants \
+        'sgdnone=none;model.optimizer=sgd;model.lr=0.1' \
+        'sgdtopk=topk:ratio=0.001,warmup_steps=10,momentum=0.9;model.optimizer=sgd;model.momentum=0;model.lr=0.1'
     python benchmarks/ddp_accuracy.py --out checkpoints/ddp_accuracy --report   # tables from finished runs
 """
 
@@ -34,21 +40,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Variant:
-    """A named comm hook configuration."""
+    """A named comm hook configuration, with train.py overrides of its own (``extra``)."""
 
     label: str
     hook: str
     args: dict[str, str] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
 
     def overrides(self) -> list[str]:
         if self.hook == "none":
-            return ["comm_hook=none"]
-        return [f"comm_hook={self.hook}"] + [f"+comm_hook_args.{k}={v}" for k, v in self.args.items()]
+            return ["comm_hook=none", *self.extra]
+        return [f"comm_hook={self.hook}"] + [f"+comm_hook_args.{k}={v}" for k, v in self.args.items()] + self.extra
+
+    def describe(self) -> str:
+        """Hook arguments then overrides, for the report: ``k=v,k=v; override; override`` (or ``-``)."""
+        parts = [",".join(f"{k}={v}" for k, v in self.args.items())] + self.extra
+        return "; ".join(part for part in parts if part) or "-"
 
 
 def parse_variant(text: str) -> Variant:
-    """``hook``, ``hook:k=v,...`` or ``label=hook:k=v,...``."""
-    label, spec = text.split("=", 1) if "=" in text.split(":")[0] else ("", text)
+    """``hook``, ``hook:k=v,...`` or ``label=hook:k=v,...``, each optionally followed by ``;override;...``."""
+    head, *extra = text.split(";")
+    extra = [override.strip() for override in extra]
+    if not all(extra):
+        raise ValueError(f"--variants {text!r}: empty override between ';'")
+    label, spec = head.split("=", 1) if "=" in head.split(":")[0] else ("", head)
     hook, _, arg_text = spec.partition(":")
     args = {}
     for item in filter(None, arg_text.split(",")):
@@ -56,10 +72,12 @@ def parse_variant(text: str) -> Variant:
         if not sep:
             raise ValueError(f"--variants {text!r}: hook argument {item!r} is not key=value")
         args[key] = value
-    label = label or (hook if not args else f"{hook}-" + "-".join(f"{k}{v}" for k, v in args.items()))
+    if not label:
+        label = "-".join([hook, *(f"{k}{v}" for k, v in args.items()),
+                          *(re.sub(r"[^A-Za-z0-9._+-]", "", override) for override in extra)])
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", label):
         raise ValueError(f"--variants {text!r}: label {label!r} must be letters, digits, '.', '_', '+', '-'")
-    return Variant(label, hook, args)
+    return Variant(label, hook, args, extra)
 
 
 def prepare_builtin_data(overrides: list[str]) -> None:
@@ -138,7 +156,8 @@ def collect(out: Path, variants: list[Variant], seeds: list[int]) -> list[dict]:
             if path.exists():
                 metrics = json.loads(path.read_text())
                 metrics.update(steady_state(path.parent))
-                rows.append({"variant": variant.label, "hook": variant.hook, "args": variant.args, "seed": seed,
+                rows.append({"variant": variant.label, "hook": variant.hook, "args": variant.args,
+                             "overrides": variant.extra, "seed": seed,
                              **{k: v for k, v in metrics.items() if not k.startswith("test/gate")}})
     return rows
 
@@ -158,7 +177,9 @@ def steady_state(run_dir: Path) -> dict[str, float]:
             "steady/compression": float(logged[-1]["comm/compression"])}
 
 
-def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
+def summarize(rows: list[dict], variants: list[Variant], baseline: str = "none") -> list[dict]:
+    """Per variant; the ``diff_vs_none_*`` keys are paired by seed against the variant labelled ``baseline``."""
+
     def spread(values: list[float]) -> float:
         return statistics.stdev(values) if len(values) > 1 else float("nan")
 
@@ -170,15 +191,16 @@ def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
         if not mine:
             continue
         accs = [100 * r["test/acc"] for r in mine]
-        paired = [accuracy[(variant.label, r["seed"])] - accuracy[("none", r["seed"])] for r in mine
-                  if ("none", r["seed"]) in accuracy]
+        paired = [accuracy[(variant.label, r["seed"])] - accuracy[(baseline, r["seed"])] for r in mine
+                  if (baseline, r["seed"]) in accuracy]
         compressed = [r.get("comm/compressed_bytes_per_step", r.get("comm/bytes_per_step")) for r in mine]
         compressed = [c for c in compressed if c is not None]
         bytes_per_step = statistics.mean(compressed) if compressed else fp32
         whole_run = [r["comm/compression"] for r in mine if "comm/compression" in r]
         steady = [r["steady/compression"] for r in mine if "steady/compression" in r]
         summary.append({
-            "variant": variant.label, "hook": variant.hook, "args": variant.args, "seeds": len(mine),
+            "variant": variant.label, "hook": variant.hook, "args": variant.args, "overrides": variant.extra,
+            "hook_args": variant.describe(), "baseline": baseline, "seeds": len(mine),
             "acc_mean": statistics.mean(accs), "acc_std": spread(accs),
             "diff_vs_none_mean": statistics.mean(paired) if paired else float("nan"),
             "diff_vs_none_std": spread(paired) if paired else float("nan"),
@@ -192,13 +214,13 @@ def summarize(rows: list[dict], variants: list[Variant]) -> list[dict]:
     return summary
 
 
-def markdown(summary: list[dict], header: str) -> str:
-    lines = [header, "", "| variant | hook args | seeds | test acc % (mean ± std) | vs none, paired (mean ± std, worst) "
+def markdown(summary: list[dict], header: str, baseline: str = "none") -> str:
+    lines = [header, "", f"| variant | hook args | seeds | test acc % (mean ± std) | vs {baseline}, paired "
+             "(mean ± std, worst) "
              "| bytes/step (compressed steps) | compression (compressed steps) | compression (last step) "
              "| compression (whole run) |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        args = ",".join(f"{k}={v}" for k, v in s["args"].items()) or "-"
-        lines.append(f"| {s['variant']} | {args} | {s['seeds']} | {s['acc_mean']:.2f} ± {s['acc_std']:.2f} | "
+        lines.append(f"| {s['variant']} | {s['hook_args']} | {s['seeds']} | {s['acc_mean']:.2f} ± {s['acc_std']:.2f} | "
                      f"{s['diff_vs_none_mean']:+.2f} ± {s['diff_vs_none_std']:.2f} ({s['diff_vs_none_worst']:+.2f}) | "
                      f"{s['bytes_per_compressed_step'] / 1e3:.1f} kB | {s['compression']:.1f}x | "
                      f"{s['compression_steady']:.1f}x | {s['compression_whole_run']:.1f}x |")
@@ -222,6 +244,7 @@ def main() -> None:
     parser.add_argument("--base-port", type=int, default=29600, help="rendezvous ports are taken from here up")
     parser.add_argument("--force", action="store_true", help="run again even if a run folder has metrics.json")
     parser.add_argument("--report", action="store_true", help="only summarize finished runs")
+    parser.add_argument("--baseline", default="none", help="variant label the paired differences are taken against")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variants]
@@ -236,11 +259,11 @@ def main() -> None:
         run_all(args, variants)
         print(f"sweep wall time {time.perf_counter() - start:.0f} s", flush=True)
     rows = collect(args.out, variants, args.seeds)
-    summary = summarize(rows, variants)
+    summary = summarize(rows, variants, args.baseline)
     header = (f"Recipe `{args.recipe}`, {args.devices} x {args.accelerator} processes per run "
               f"({args.threads} thread(s) each), seeds {args.seeds}, overrides {args.overrides or 'none'}.")
     (args.out / "results.json").write_text(json.dumps({"header": header, "summary": summary, "runs": rows}, indent=2))
-    text = markdown(summary, header)
+    text = markdown(summary, header, args.baseline)
     (args.out / "results.md").write_text(text)
     print(text)
 

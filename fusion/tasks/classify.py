@@ -34,8 +34,11 @@ class ClassificationTask(L.LightningModule):
         fusion: fusion config (`_target_` + arguments; modality_dims and num_classes are filled in).
         modality_dropout: probability of hiding a present modality in training.
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
+        lr: peak learning rate of the schedule.
+        weight_decay: weight decay (decoupled for AdamW; for SGD added to the gradient as L2 by the optimizer).
+        optimizer: "adamw" or "sgd" (plain SGD with ``momentum``; with ``comm_hook=topk`` and its
+            ``momentum`` the hook keeps the momentum and this one must be 0, see fusion/distributed/topk.py).
+        momentum: SGD momentum (ignored by AdamW).
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
         gate_calibration_epochs: after fitting, fit only the gates on the val split for this many epochs
@@ -46,7 +49,7 @@ class ClassificationTask(L.LightningModule):
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1, gate_calibration_epochs: int = 0,
-                 gate_calibration_lr: float = 3e-3):
+                 gate_calibration_lr: float = 3e-3, optimizer: str = "adamw", momentum: float = 0.9):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
@@ -135,7 +138,14 @@ class ClassificationTask(L.LightningModule):
             self.trainer.save_checkpoint(best)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hparams = self.hparams
+        if hparams.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+        elif hparams.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.parameters(), lr=hparams.lr, momentum=hparams.momentum,
+                                        weight_decay=hparams.weight_decay)
+        else:
+            raise ValueError(f"model.optimizer must be 'adamw' or 'sgd', got {hparams.optimizer!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total - 1, int(self.hparams.warmup_epochs * steps_per_epoch))
