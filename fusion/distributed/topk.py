@@ -7,8 +7,8 @@ pairs are all-gathered (not all-reduced) and scattered into a dense average. Eve
 the residual. The first ``warmup_steps`` steps are dense fp32 all-reduces. Then, with
 ``density_warmup_steps``, the sent fraction starts at 25 % and shrinks 4x per stage (25 %, 6.25 %, 1.56 %,
 ...) down to ``ratio``, the stages spread evenly over those steps (the paper's exponential sparsity
-warm-up). Momentum correction and local clipping from the paper are not applied (the optimizer keeps its
-own momentum).
+warm-up). Local gradient clipping from the paper is not applied. Momentum correction is optional (``momentum``,
+below; off by default, so the optimizer keeps its own momentum).
 
 Which entries are sent is set by ``selection``. "magnitude" (default, as in the paper): the k largest
 ``|gradient + residual|``. Under Adam(W) this can starve parameters whose gradients are small in absolute size
@@ -23,8 +23,29 @@ updated every step, dense warm-up steps included (so the first sparse step alrea
 stored per parameter like the residual, so it survives DDP's bucket rebuilds and checkpoint round trips.
 It costs one more float per gradient entry and a few elementwise operations per bucket.
 
+Momentum correction (``momentum`` m > 0, the paper's section 3.2). Error feedback alone makes the sparse
+updates add up to the dense ones only for an optimizer that is linear in the gradient it is given. With the
+optimizer's own momentum a value that waited t steps in the residual arrives without the t steps of momentum
+it would have built up, and Adam(W) divides each entry by its own gradient RMS, so an accumulated value sent
+once moves its weight only a few learning-rate steps. So the hook keeps the momentum itself, per entry and
+locally: velocity ``u <- m * u + g`` (g: this rank's gradient), residual ``r <- r + u`` (the paper's v), send
+the top-k of ``r`` (ranked as above: ``|r|``, or ``|r| / (sqrt(v) + eps)`` with v still from g), then *momentum
+factor masking*: the velocity of the sent entries is set to 0 and so is their residual (up to the value
+type's rounding error, which stays in the residual: sent + new residual = old residual + u, exactly; 0 for
+fp32 values of fp32 gradients). Unsent entries keep their ``r`` and ``u``. So what a rank sends adds up to
+its momentum-SGD updates ``u`` (error feedback in terms of u), except that a sent entry's momentum restarts
+(the masking keeps stale momentum from pushing it further). The averaged sparse update is thus already a
+momentum-SGD step and the optimizer must apply it as it is: **plain SGD without momentum**
+(``model.optimizer=sgd model.momentum=0``). An optimizer with its own momentum would apply momentum twice,
+Adam(W) would rescale the accumulated values again (the problem above). Weight decay of that SGD acts on the
+weights directly, not through the hook's momentum (``1 - m`` times the decay that SGD with momentum m
+applies). During the dense warm-up steps the hook all-reduces the velocity ``u`` (no masking, no residual), so
+training is SGD with momentum from the first step on. The velocity is stored per parameter like the residual:
+it survives DDP's bucket rebuilds and checkpoint round trips. It costs one more float per gradient entry.
+
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
-optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v) as it was.
+optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v, and the velocity)
+as it was.
 """
 
 import logging
@@ -37,6 +58,7 @@ from torch import nn
 
 from fusion.distributed.base import HookState, completed_future
 from fusion.distributed.moments import SquaredGradientMean
+from fusion.distributed.residuals import ResidualStore
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +83,20 @@ class TopKState(HookState):
             (see the module docstring).
         selection_beta: decay of the moving average v of squared gradients for "normalized", in [0, 1).
         selection_eps: eps of "normalized", > 0 (keeps entries whose gradient was always zero at score 0).
+        momentum: momentum correction factor m in [0, 1) (0: off; > 0 needs plain SGD without momentum as the
+            optimizer, see the module docstring).
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
                  warmup_steps: int = 0, value_dtype: str = "fp16",
                  granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0,
                  selection: Literal["magnitude", "normalized"] = "magnitude", selection_beta: float = 0.99,
-                 selection_eps: float = 1e-8) -> None:
+                 selection_eps: float = 1e-8, momentum: float = 0.0) -> None:
         super().__init__(module, process_group)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"topk momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.velocities = ResidualStore(self.residuals.param_index) if momentum > 0 else None  # (N,) per bucket
         if granularity not in ("bucket", "tensor"):
             raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {granularity!r}")
         if selection not in ("magnitude", "normalized"):
@@ -123,11 +151,25 @@ class TopKState(HookState):
             offset += size
         return torch.cat(picked)  # (k,)
 
+    def accumulated_velocity(self, bucket: dist.GradBucket,
+                             gradient: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Momentum correction: (stored velocity or None, ``momentum * velocity + gradient``), both (N,) >= fp32.
+
+        ``gradient`` ((N,), this rank's) is not changed; the new velocity is a new tensor, not stored yet.
+        """
+        old = self.velocities.get(bucket)
+        dtype = torch.float64 if gradient.dtype == torch.float64 else torch.float32
+        fresh = gradient.to(dtype)
+        return old, (old * self.momentum + fresh if old is not None else fresh.clone())
+
     def state_dict(self) -> dict[str, Any]:
-        """The base state, plus the squared-gradient means for ``selection="normalized"``."""
+        """The base state, plus the squared-gradient means for ``selection="normalized"`` and the velocities
+        for ``momentum > 0``."""
         state = super().state_dict()
         if self.squared_means is not None:
             state["squared_gradient_means"] = self.squared_means.state_dict()
+        if self.velocities is not None:
+            state["velocities"] = self.velocities.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -140,6 +182,12 @@ class TopKState(HookState):
                             "selection=magnitude?); selection=normalized starts them from zero")
                 saved = {"means": {}, "weights": {}}
             self.squared_means.load_state_dict(saved)
+        if self.velocities is not None:
+            saved = state.get("velocities")
+            if saved is None:
+                log.warning("topk: the hook state holds no velocities (saved with momentum=0?); momentum "
+                            "correction starts them from zero")
+            self.velocities.load_state_dict(saved or {})
 
 
 def _dense_average(state: TopKState, buffer: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -154,23 +202,33 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     numel, world_size = buffer.numel(), state.world_size
     # selection="normalized": this step's squared local gradient, taken before the dense path divides the buffer
     moments = state.squared_means.updated(bucket, buffer) if state.squared_means is not None else None
+    # momentum correction: u = m * u + g, also taken before the buffer changes
+    old_velocity, velocity = (state.accumulated_velocity(bucket, buffer) if state.velocities is not None
+                              else (None, None))  # (N,) each
     if state.step < state.warmup_steps:
+        if velocity is not None:
+            buffer.copy_(velocity)  # dense momentum: the optimizer (SGD without momentum) applies mean(u)
         future = _dense_average(state, buffer) if world_size > 1 else completed_future(buffer)
         state.finish_bucket(bucket, compressed=False)
-        if moments is None:
+        if moments is None and velocity is None:
             return future
 
-        def keep_moments(future: torch.futures.Future) -> torch.Tensor:
+        def keep_state(future: torch.futures.Future) -> torch.Tensor:
             average = future.value()  # (N,) inf/NaN if any rank's gradient held them
-            state.squared_means.commit(bucket, moments, nonfinite=~torch.isfinite(average).all())
+            nonfinite = ~torch.isfinite(average).all()
+            if moments is not None:
+                state.squared_means.commit(bucket, moments, nonfinite=nonfinite)
+            if velocity is not None:  # everything was sent, but the velocity is not masked while dense
+                keep = old_velocity if old_velocity is not None else torch.zeros_like(velocity)
+                state.velocities.set(bucket, torch.where(nonfinite, keep, velocity))
             return average
 
-        return future.then(keep_moments)
+        return future.then(keep_state)
 
     work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
     old_residual = state.residuals.get(bucket)
-    corrected = buffer.to(work_dtype)  # (N,)
-    corrected = corrected + old_residual if old_residual is not None else corrected.clone()
+    fresh = velocity if velocity is not None else buffer.to(work_dtype)  # (N,) u with momentum correction, else g
+    corrected = fresh + old_residual if old_residual is not None else fresh.clone()  # (N,)
     scores = corrected.abs()  # (N,)
     if moments is not None:
         scores = scores.div_(moments.rms().add_(state.selection_eps))  # (N,) in units of each entry's gradient RMS
@@ -179,6 +237,9 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     values = corrected[indices].to(state.value_dtype)  # (k,) as sent
     residual = corrected.index_put((indices,), corrected[indices] - values.to(work_dtype))  # (N,)
     keep = old_residual if old_residual is not None else torch.zeros_like(residual)
+    if velocity is not None:  # momentum factor masking: sent entries start their velocity again from 0
+        masked_velocity = velocity.index_fill(0, indices, 0.0)  # (N,)
+        keep_velocity = old_velocity if old_velocity is not None else torch.zeros_like(velocity)
     overflow = ~torch.isfinite(corrected).all()
     values = values + torch.where(overflow, float("nan"), 0.0).to(state.value_dtype)
 
@@ -194,6 +255,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
         all_indices = rows[:, k * value_bytes:].contiguous().view(torch.int32).long()  # (W, k)
         any_overflow = ~torch.isfinite(all_values).all()  # a skipped step consumes no residual anywhere
         state.residuals.set(bucket, torch.where(any_overflow, keep, residual))
+        if velocity is not None:
+            state.velocities.set(bucket, torch.where(any_overflow, keep_velocity, masked_velocity))
         if moments is not None:
             state.squared_means.commit(bucket, moments, nonfinite=any_overflow)
         dense = torch.zeros(numel, dtype=work_dtype, device=buffer.device)  # (N,)

@@ -1,4 +1,5 @@
-"""Communication hooks in two gloo processes: exactness, quantization bound, error feedback, top-k, resume, inf.
+"""Communication hooks in two gloo processes: exactness, quantization bound, error feedback, top-k (with momentum
+correction), resume, inf.
 
 One spawn runs every scenario (``run_scenarios``) and saves what each rank saw; the tests below check it.
 """
@@ -26,12 +27,22 @@ NORMALIZED = {
                                 "selection": "normalized", "granularity": "tensor", "selection_beta": 0.9,
                                 "selection_eps": 0.05}, 0.001),
 }
+# momentum-correction scenarios: label -> (hook args, DDP bucket_cap_mb, steps, {step: density} of the density
+# warm-up); fp64 values, so the residual of a sent entry is exactly 0
+MOMENTUM = {
+    "topk_momentum": ({"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64", "momentum": 0.9}, None, 4, {}),
+    # several buckets (re-sliced after DDP's rebuild), per-tensor top-k, a density warm-up of two stages
+    "topk_momentum_tensor": ({"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64", "momentum": 0.8,
+                              "granularity": "tensor", "density_warmup_steps": 2}, 0.001, 6, {2: 0.25, 3: 0.0625}),
+}
 # label -> (hook, args) of the inf scenario (rank 0 poisons step 2)
 INF_CASES = {
     "int8": ("int8", {}),
     "topk": ("topk", {"ratio": 0.1}),
     "topk_normalized": ("topk", {"ratio": 0.1, "warmup_steps": 1, "selection": "normalized"}),
     "topk_normalized_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "selection": "normalized"}),  # step 2 dense
+    "topk_momentum": ("topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9}),
+    "topk_momentum_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "momentum": 0.9}),  # step 2 dense
     "fp16": ("fp16", {}),
     "powersgd": ("powersgd", {"warmup_steps": 2}),
 }
@@ -58,7 +69,8 @@ def recording(hook):
     """Wraps a hook; per call keeps the bucket input, the residual before and after, and the result.
 
     For top-k with ``selection="normalized"`` also the stored squared-gradient means and bias-correction
-    weights after the call (``mean_new`` (N,), ``weight_new`` (P,)).
+    weights after the call (``mean_new`` (N,), ``weight_new`` (P,)); with ``momentum`` the velocity before and
+    after (``velocity_old``, ``velocity_new``, (N,)).
     """
     calls: list[dict] = []
 
@@ -72,6 +84,9 @@ def recording(hook):
         moments = getattr(state, "squared_means", None)
         if moments is not None:
             entry["mean_old"] = clone_or_none(moments.means.get(bucket))
+        velocities = getattr(state, "velocities", None)
+        if velocities is not None:
+            entry["velocity_old"] = clone_or_none(velocities.get(bucket))
         calls.append(entry)
 
         def keep(future):
@@ -80,6 +95,8 @@ def recording(hook):
             if moments is not None:
                 entry["mean_new"] = clone_or_none(moments.means.get(bucket))
                 entry["weight_new"] = clone_or_none(moments.weights.get(bucket))
+            if velocities is not None:
+                entry["velocity_new"] = clone_or_none(velocities.get(bucket))
             return future.value()
 
         return hook(state, bucket).then(keep)
@@ -173,6 +190,16 @@ def scenario_resume(rank: int, name: str, args: dict, bucket_cap_mb: float | Non
     return {"uninterrupted": uninterrupted[3:], "resumed": resumed}
 
 
+def scenario_dense_momentum(rank: int) -> dict:
+    """Plain DDP + SGD with momentum 0.9 vs top-k with momentum correction, still dense, + SGD without momentum."""
+    plain = DDP(make_model(torch.float64))
+    hooked, _, _ = wrap("topk", {"warmup_steps": 100, "momentum": 0.9}, dtype=torch.float64)
+    train(plain, torch.optim.SGD(plain.parameters(), lr=0.05, momentum=0.9), rank, range(4))
+    train(hooked, torch.optim.SGD(hooked.parameters(), lr=0.05), rank, range(4))
+    return {"plain": [p.detach().clone() for p in plain.module.parameters()],
+            "hooked": [p.detach().clone() for p in hooked.module.parameters()]}
+
+
 def scenario_inf(rank: int, name: str, args: dict) -> dict:
     """Rank 0 gets an inf in one gradient entry at step 2; returns the reduced gradients and residuals."""
     ddp, state, recorder = wrap(name, args, record=True)
@@ -241,6 +268,12 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         "topk_fp16": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO}, torch.float32),
         **{label: scenario_recorded(rank, "topk", args, torch.float64, steps=6, bucket_cap_mb=cap)
            for label, (args, cap) in NORMALIZED.items()},
+        **{label: scenario_recorded(rank, "topk", args, torch.float64, steps=steps, bucket_cap_mb=cap)
+           for label, (args, cap, steps, _) in MOMENTUM.items()},
+        "topk_momentum_zero": scenario_recorded(rank, "topk", {"ratio": TOPK_RATIO, "warmup_steps": 1,
+                                                               "value_dtype": "fp64", "momentum": 0.0},
+                                                torch.float64),
+        "dense_momentum": scenario_dense_momentum(rank),
         "resume": {
             "int8": scenario_resume(rank, "int8", {"block_size": 64}, bucket_cap_mb=0.001),
             "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
@@ -252,6 +285,15 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
                                                                      "granularity": "tensor",
                                                                      "selection": "normalized"},
                                                       bucket_cap_mb=0.001),
+            "topk_momentum": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9}, None),
+            "topk_tensor_momentum": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9,
+                                                                   "granularity": "tensor"}, bucket_cap_mb=0.001),
+            # saved inside the dense warm-up: the velocity carries over into the first sparse step (4)
+            "topk_momentum_dense": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 4, "momentum": 0.9},
+                                                   None),
+            "topk_tensor_normalized_momentum": scenario_resume(
+                rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9, "granularity": "tensor",
+                               "selection": "normalized"}, bucket_cap_mb=0.001),
             "powersgd": scenario_resume(rank, "powersgd", {"rank": 1, "warmup_steps": 2}, None),
         },
         "inf": {label: scenario_inf(rank, name, args) for label, (name, args) in INF_CASES.items()},
@@ -413,7 +455,8 @@ def test_topk_normalized_selection_matches_oracle_and_keeps_the_rest(results, la
 
 
 @pytest.mark.parametrize("name", ["int8", "topk", "topk_tensor", "topk_normalized", "topk_tensor_normalized",
-                                  "powersgd"])
+                                  "topk_momentum", "topk_tensor_momentum", "topk_momentum_dense",
+                                  "topk_tensor_normalized_momentum", "powersgd"])
 def test_save_load_next_step_equals_uninterrupted(results, name):
     for rank_result in results:
         run = rank_result["resume"][name]
@@ -431,6 +474,12 @@ def test_inf_reaches_the_optimizer_step(results, label):
         for call in run["calls"]:
             if call["step"] == 2 and call["old"] is not None and INF_CASES[label][0] in ("int8", "topk"):
                 assert torch.equal(call["old"], call["new"])  # residual not poisoned
+            if "velocity_new" in call:  # momentum correction: the velocity is not poisoned either
+                assert call["velocity_new"] is not None and torch.isfinite(call["velocity_new"]).all()
+                if call["step"] == 2:
+                    assert torch.equal(call["velocity_old"], call["velocity_new"])
+                else:
+                    assert call["velocity_old"] is None or not torch.equal(call["velocity_old"], call["velocity_new"])
             if "mean_old" in call:
                 assert call["mean_new"] is not None and torch.isfinite(call["mean_new"]).all()
                 if call["step"] == 2:  # the running mean of squared gradients is not updated either
@@ -452,3 +501,98 @@ def test_powersgd_handles_zero_dim_parameters(results):
         # compressed steps (2, 3) differ in the matrices, but a 1-element gradient is all-reduced exactly
         assert torch.equal(run["hooked"][2][-1], run["plain"][2][-1])  # step 2 is compressed
         assert all(torch.isfinite(g).all() for step in run["hooked"] for g in step)
+
+
+def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) -> None:
+    """Deep Gradient Compression with momentum correction in plain tensor code, over one rank's calls in order.
+
+    Per parameter: u <- m u + g; dense step: send u; sparse step: r <- r + u, send the k largest |r| (per bucket
+    or per tensor), then zero r and u at the sent entries. Adds ``oracle_sent`` (N,) (what this rank contributes
+    to the average), ``oracle_mask`` (N,) bool, ``oracle_k``, ``oracle_residual`` and ``oracle_velocity`` (N,).
+    """
+    momentum = args["momentum"]
+    velocity: dict[int, torch.Tensor] = {}  # parameter position -> (numel,)
+    residual: dict[int, torch.Tensor] = {}
+    for call in calls:
+        positions, sizes = call["positions"], call["sizes"]
+        for position, grad in zip(positions, call["input"].double().split(sizes), strict=True):
+            velocity[position] = momentum * velocity.get(position, torch.zeros_like(grad)) + grad
+        u = torch.cat([velocity[p] for p in positions])  # (N,)
+        if call["step"] < args["warmup_steps"]:
+            call["oracle_sent"], call["oracle_mask"], call["oracle_k"] = u, torch.ones_like(u, dtype=torch.bool), None
+            call["oracle_residual"], call["oracle_velocity"] = None, u
+            continue
+        accumulated = torch.cat([residual.get(p, torch.zeros(n, dtype=torch.float64))
+                                 for p, n in zip(positions, sizes, strict=True)]) + u  # (N,)
+        density = densities.get(call["step"], args["ratio"])
+        groups = sizes if args.get("granularity") == "tensor" else [u.numel()]
+        mask = torch.zeros(u.numel(), dtype=torch.bool)
+        offset, k = 0, 0
+        for size in groups:
+            count = min(size, max(1, math.ceil(density * size)))
+            order = torch.argsort(accumulated[offset:offset + size].abs(), descending=True)
+            mask[offset + order[:count]] = True
+            offset, k = offset + size, k + count
+        call["oracle_sent"] = torch.where(mask, accumulated, 0.0)
+        call["oracle_mask"], call["oracle_k"] = mask, k
+        call["oracle_residual"] = torch.where(mask, 0.0, accumulated)
+        call["oracle_velocity"] = torch.where(mask, 0.0, u)
+        for position, r, v in zip(positions, call["oracle_residual"].split(sizes),
+                                  call["oracle_velocity"].split(sizes), strict=True):
+            residual[position], velocity[position] = r, v
+
+
+@pytest.mark.parametrize("label", list(MOMENTUM))
+def test_topk_momentum_correction_matches_dgc_oracle(results, label):
+    args, _, steps, densities = MOMENTUM[label]
+    per_rank = [rank_result[label]["calls"] for rank_result in results]
+    for calls in per_rank:
+        momentum_oracle(calls, args, densities)
+    assert len(per_rank[0]) == len(per_rank[1])
+    sparse_steps = set()
+    for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
+        assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
+        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,)
+        for call in rank_calls:
+            torch.testing.assert_close(call["output"], average, rtol=1e-12, atol=1e-15)
+            assert torch.equal(call["velocity_new"], call["oracle_velocity"])
+            if call["oracle_k"] is None:  # dense: the velocity itself went out, nothing was kept back
+                assert call["new"] is None
+                continue
+            sparse_steps.add(call["step"])
+            assert torch.equal(call["new"], call["oracle_residual"])
+            mask = call["oracle_mask"]
+            assert int(mask.sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
+            # momentum factor masking: the sent entries' residual and velocity are zero, the rest keeps u and r
+            assert torch.all(call["new"][mask] == 0) and torch.all(call["velocity_new"][mask] == 0)
+            assert torch.any(call["velocity_new"][~mask] != 0) and torch.any(call["new"][~mask] != 0)
+            # error feedback in terms of u: what was sent + what is kept = old residual + m * old velocity + g
+            old_velocity = call["velocity_old"] if call["velocity_old"] is not None else 0.0
+            old_residual = call["old"] if call["old"] is not None else 0.0
+            accumulated = old_residual + (old_velocity * args["momentum"] + call["input"])
+            assert torch.equal(call["oracle_sent"] + call["new"], accumulated)
+    assert sparse_steps == set(range(args["warmup_steps"], steps))
+    # the velocity carried momentum into the sparse steps
+    assert any(c["velocity_old"] is not None and c["velocity_old"].abs().max() > 0 for c in per_rank[0]
+               if c["step"] >= args["warmup_steps"])
+    if densities:  # several buckets; k per step falls through the density warm-up's stages to the ratio
+        assert len({c["positions"] for c in per_rank[0] if c["step"] == steps - 1}) > 1
+        sent = [sum(c["oracle_k"] for c in per_rank[0] if c["step"] == step) for step in sorted(sparse_steps)]
+        assert sent[0] > sent[1] > sent[2] == sent[-1]
+
+
+def test_topk_momentum_zero_is_the_plain_hook(results):
+    for rank_result in results:
+        plain, zero = rank_result["topk"]["calls"], rank_result["topk_momentum_zero"]["calls"]
+        assert len(plain) == len(zero)
+        for expected, got in zip(plain, zero, strict=True):
+            assert "velocity_old" not in got  # no velocity is kept
+            assert torch.equal(expected["output"], got["output"])
+            assert (expected["new"] is None and got["new"] is None) or torch.equal(expected["new"], got["new"])
+
+
+def test_topk_dense_momentum_with_sgd_equals_sgd_with_momentum(results):
+    for rank_result in results:
+        run = rank_result["dense_momentum"]
+        for plain, hooked in zip(run["plain"], run["hooked"], strict=True):
+            torch.testing.assert_close(hooked, plain, rtol=1e-12, atol=1e-14)
