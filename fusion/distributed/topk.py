@@ -42,6 +42,10 @@ weights directly, not through the hook's momentum (``1 - m`` times the decay tha
 applies). During the dense warm-up steps the hook all-reduces the velocity ``u`` (no masking, no residual), so
 training is SGD with momentum from the first step on. The velocity is stored per parameter like the residual:
 it survives DDP's bucket rebuilds and checkpoint round trips. It costs one more float per gradient entry.
+The masking also means that an entry sent at every step (dense, or a high density early in the density
+warm-up) moves by ``lr * g`` per step, not the ``lr * g / (1 - m)`` of SGD with momentum: its momentum restarts
+each time. ``momentum_masking=False`` keeps the velocity of sent entries (only their residual is cleared), so
+the sent values add up exactly to the momentum-SGD updates ``u`` of every entry (not in the paper).
 
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
 optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v, and the velocity)
@@ -85,17 +89,20 @@ class TopKState(HookState):
         selection_eps: eps of "normalized", > 0 (keeps entries whose gradient was always zero at score 0).
         momentum: momentum correction factor m in [0, 1) (0: off; > 0 needs plain SGD without momentum as the
             optimizer, see the module docstring).
+        momentum_masking: with ``momentum`` > 0, set the velocity of sent entries to 0 (the paper's momentum
+            factor masking; False keeps it).
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
                  warmup_steps: int = 0, value_dtype: str = "fp16",
                  granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0,
                  selection: Literal["magnitude", "normalized"] = "magnitude", selection_beta: float = 0.99,
-                 selection_eps: float = 1e-8, momentum: float = 0.0) -> None:
+                 selection_eps: float = 1e-8, momentum: float = 0.0, momentum_masking: bool = True) -> None:
         super().__init__(module, process_group)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"topk momentum must be in [0, 1), got {momentum}")
         self.momentum = momentum
+        self.momentum_masking = bool(momentum_masking)
         self.velocities = ResidualStore(self.residuals.param_index) if momentum > 0 else None  # (N,) per bucket
         if granularity not in ("bucket", "tensor"):
             raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {granularity!r}")
@@ -238,7 +245,7 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     residual = corrected.index_put((indices,), corrected[indices] - values.to(work_dtype))  # (N,)
     keep = old_residual if old_residual is not None else torch.zeros_like(residual)
     if velocity is not None:  # momentum factor masking: sent entries start their velocity again from 0
-        masked_velocity = velocity.index_fill(0, indices, 0.0)  # (N,)
+        masked_velocity = velocity.index_fill(0, indices, 0.0) if state.momentum_masking else velocity  # (N,)
         keep_velocity = old_velocity if old_velocity is not None else torch.zeros_like(velocity)
     overflow = ~torch.isfinite(corrected).all()
     values = values + torch.where(overflow, float("nan"), 0.0).to(state.value_dtype)

@@ -34,6 +34,9 @@ MOMENTUM = {
     # several buckets (re-sliced after DDP's rebuild), per-tensor top-k, a density warm-up of two stages
     "topk_momentum_tensor": ({"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64", "momentum": 0.8,
                               "granularity": "tensor", "density_warmup_steps": 2}, 0.001, 6, {2: 0.25, 3: 0.0625}),
+    # without momentum factor masking: sent entries keep their velocity
+    "topk_momentum_unmasked": ({"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64", "momentum": 0.9,
+                                "momentum_masking": False}, None, 4, {}),
 }
 # label -> (hook, args) of the inf scenario (rank 0 poisons step 2)
 INF_CASES = {
@@ -507,7 +510,7 @@ def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) 
     """Deep Gradient Compression with momentum correction in plain tensor code, over one rank's calls in order.
 
     Per parameter: u <- m u + g; dense step: send u; sparse step: r <- r + u, send the k largest |r| (per bucket
-    or per tensor), then zero r and u at the sent entries. Adds ``oracle_sent`` (N,) (what this rank contributes
+    or per tensor), then zero r and u (u only with masking) at the sent entries. Adds ``oracle_sent`` (N,) (what this rank contributes
     to the average), ``oracle_mask`` (N,) bool, ``oracle_k``, ``oracle_residual`` and ``oracle_velocity`` (N,).
     """
     momentum = args["momentum"]
@@ -536,7 +539,7 @@ def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) 
         call["oracle_sent"] = torch.where(mask, accumulated, 0.0)
         call["oracle_mask"], call["oracle_k"] = mask, k
         call["oracle_residual"] = torch.where(mask, 0.0, accumulated)
-        call["oracle_velocity"] = torch.where(mask, 0.0, u)
+        call["oracle_velocity"] = torch.where(mask, 0.0, u) if args.get("momentum_masking", True) else u
         for position, r, v in zip(positions, call["oracle_residual"].split(sizes),
                                   call["oracle_velocity"].split(sizes), strict=True):
             residual[position], velocity[position] = r, v
@@ -564,7 +567,9 @@ def test_topk_momentum_correction_matches_dgc_oracle(results, label):
             mask = call["oracle_mask"]
             assert int(mask.sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
             # momentum factor masking: the sent entries' residual and velocity are zero, the rest keeps u and r
-            assert torch.all(call["new"][mask] == 0) and torch.all(call["velocity_new"][mask] == 0)
+            assert torch.all(call["new"][mask] == 0)
+            masking = args.get("momentum_masking", True)
+            assert torch.all(call["velocity_new"][mask] == 0) == masking
             assert torch.any(call["velocity_new"][~mask] != 0) and torch.any(call["new"][~mask] != 0)
             # error feedback in terms of u: what was sent + what is kept = old residual + m * old velocity + g
             old_velocity = call["velocity_old"] if call["velocity_old"] is not None else 0.0
