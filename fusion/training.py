@@ -142,12 +142,14 @@ def train(cfg: DictConfig, datamodule=None) -> dict[str, float]:
     with explain_peer_failures(trainer, run_dir):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
+    # bytes/compression of a comm hook, read before testing restores best.ckpt's (possibly older) hook state
+    comm_summary = getattr(trainer.strategy, "comm_summary", dict)()
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     with explain_peer_failures(trainer, run_dir):
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("test/")}
     metrics["fit_seconds"] = round(fit_seconds, 2)
-    metrics.update(getattr(trainer.strategy, "comm_summary", dict)())  # bytes/compression of a comm hook
+    metrics.update(comm_summary)
     metrics.update(getattr(task, "out_of_fold_report", {}))
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)

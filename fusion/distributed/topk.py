@@ -47,6 +47,18 @@ warm-up) moves by ``lr * g`` per step, not the ``lr * g / (1 - m)`` of SGD with 
 each time. ``momentum_masking=False`` keeps the velocity of sent entries (only their residual is cleared), so
 the sent values add up exactly to the momentum-SGD updates ``u`` of every entry (not in the paper).
 
+Local Adam (``local_adam=True``, not in the paper; in the spirit of 1-bit Adam, Tang et al. 2021, which also
+compresses an Adam-preconditioned quantity with error feedback). Momentum correction fixes SGD with momentum,
+but under Adam(W) a rarely sent entry still moves its weight by only a few learning-rate steps, however long it
+waited. So each rank runs Adam's moment estimates itself, per entry, on its local gradient g:
+``m <- b1 * m + (1 - b1) * g``, ``v <- b2 * v + (1 - b2) * g ** 2``, and takes Adam's update direction
+``d = m_hat / (sqrt(v_hat) + eps)`` (bias-corrected per parameter). Error feedback works on d (``r <- r + d``,
+send the top-k of ``r``), so the sent values add up to every entry's Adam steps, only later, and the optimizer
+must apply them as they are: **plain SGD without momentum** (``model.optimizer=sgd model.momentum=0``); its
+weight decay ``lr * wd * w`` is then AdamW's decoupled weight decay. During the dense warm-up the hook
+all-reduces d, so training starts as AdamW does with moments from each rank's local gradient (Adam's
+normalisation happens before the average, not after). Costs two more floats per gradient entry.
+
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
 optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v, and the velocity)
 as it was.
@@ -54,6 +66,7 @@ as it was.
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -61,12 +74,21 @@ import torch.distributed as dist
 from torch import nn
 
 from fusion.distributed.base import HookState, completed_future
-from fusion.distributed.moments import SquaredGradientMean
+from fusion.distributed.moments import GradientMoment, MomentUpdate
 from fusion.distributed.residuals import ResidualStore
 
 log = logging.getLogger(__name__)
 
 _VALUE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class AdamDirection:
+    """One bucket's local Adam step: both moments with this step's gradient folded in (not stored yet)."""
+
+    first: MomentUpdate  # m
+    second: MomentUpdate  # v
+    value: torch.Tensor  # (N,) m_hat / (sqrt(v_hat) + eps)
 
 
 class TopKState(HookState):
@@ -91,16 +113,29 @@ class TopKState(HookState):
             optimizer, see the module docstring).
         momentum_masking: with ``momentum`` > 0, set the velocity of sent entries to 0 (the paper's momentum
             factor masking; False keeps it).
+        local_adam: exchange each rank's Adam direction instead of its gradient (needs plain SGD without
+            momentum as the optimizer; not with ``momentum`` > 0; see the module docstring).
+        adam_beta1, adam_beta2, adam_eps: Adam's betas and eps for ``local_adam``.
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
                  warmup_steps: int = 0, value_dtype: str = "fp16",
                  granularity: Literal["bucket", "tensor"] = "bucket", density_warmup_steps: int = 0,
                  selection: Literal["magnitude", "normalized"] = "magnitude", selection_beta: float = 0.99,
-                 selection_eps: float = 1e-8, momentum: float = 0.0, momentum_masking: bool = True) -> None:
+                 selection_eps: float = 1e-8, momentum: float = 0.0, momentum_masking: bool = True,
+                 local_adam: bool = False, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
+                 adam_eps: float = 1e-8) -> None:
         super().__init__(module, process_group)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"topk momentum must be in [0, 1), got {momentum}")
+        if local_adam and momentum > 0:
+            raise ValueError("topk local_adam and momentum > 0 exclude each other (Adam keeps its own momentum)")
+        if not adam_eps > 0.0:
+            raise ValueError(f"topk adam_eps must be > 0, got {adam_eps}")
+        self.adam_eps = adam_eps
+        self.adam_moments = ((GradientMoment(self.residuals.param_index, adam_beta1, power=1),
+                              GradientMoment(self.residuals.param_index, adam_beta2, power=2))
+                             if local_adam else None)
         self.momentum = momentum
         self.momentum_masking = bool(momentum_masking)
         self.velocities = ResidualStore(self.residuals.param_index) if momentum > 0 else None  # (N,) per bucket
@@ -114,7 +149,7 @@ class TopKState(HookState):
             raise ValueError(f"topk selection_eps must be > 0, got {selection_eps}")
         self.selection = selection
         self.selection_eps = selection_eps
-        self.squared_means = (SquaredGradientMean(self.residuals.param_index, selection_beta)
+        self.squared_means = (GradientMoment(self.residuals.param_index, selection_beta, power=2)
                               if selection == "normalized" else None)
         self.granularity = granularity
         if not 0.0 < ratio <= 1.0:
@@ -169,10 +204,22 @@ class TopKState(HookState):
         fresh = gradient.to(dtype)
         return old, (old * self.momentum + fresh if old is not None else fresh.clone())
 
+    def adam_direction(self, bucket: dist.GradBucket, gradient: torch.Tensor) -> AdamDirection:
+        """``local_adam``: Adam's moments with ``gradient`` ((N,), this rank's; not changed) folded in, and d."""
+        first, second = (moment.updated(bucket, gradient) for moment in self.adam_moments)
+        return AdamDirection(first, second, first.corrected().div_(second.rms().add_(self.adam_eps)))
+
+    def commit_adam(self, bucket: dist.GradBucket, adam: AdamDirection, nonfinite: torch.Tensor) -> None:
+        """Stores both moments of ``adam``, or keeps the old ones where ``nonfinite`` (() bool) is true."""
+        self.adam_moments[0].commit(bucket, adam.first, nonfinite)
+        self.adam_moments[1].commit(bucket, adam.second, nonfinite)
+
     def state_dict(self) -> dict[str, Any]:
-        """The base state, plus the squared-gradient means for ``selection="normalized"`` and the velocities
-        for ``momentum > 0``."""
+        """The base state, plus the squared-gradient means for ``selection="normalized"``, the velocities
+        for ``momentum > 0`` and both Adam moments for ``local_adam``."""
         state = super().state_dict()
+        if self.adam_moments is not None:
+            state["adam_moments"] = [moment.state_dict() for moment in self.adam_moments]
         if self.squared_means is not None:
             state["squared_gradient_means"] = self.squared_means.state_dict()
         if self.velocities is not None:
@@ -195,6 +242,14 @@ class TopKState(HookState):
                 log.warning("topk: the hook state holds no velocities (saved with momentum=0?); momentum "
                             "correction starts them from zero")
             self.velocities.load_state_dict(saved or {})
+        if self.adam_moments is not None:
+            saved = state.get("adam_moments")
+            if saved is None:
+                log.warning("topk: the hook state holds no Adam moments (saved without local_adam?); local_adam "
+                            "starts them from zero")
+                saved = [{"means": {}, "weights": {}}] * 2
+            for moment, moment_state in zip(self.adam_moments, saved, strict=True):
+                moment.load_state_dict(moment_state)
 
 
 def _dense_average(state: TopKState, buffer: torch.Tensor) -> torch.futures.Future[torch.Tensor]:
@@ -212,12 +267,16 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     # momentum correction: u = m * u + g, also taken before the buffer changes
     old_velocity, velocity = (state.accumulated_velocity(bucket, buffer) if state.velocities is not None
                               else (None, None))  # (N,) each
+    # local_adam: this rank's Adam direction d, also taken before the buffer changes
+    adam = state.adam_direction(bucket, buffer) if state.adam_moments is not None else None
     if state.step < state.warmup_steps:
         if velocity is not None:
             buffer.copy_(velocity)  # dense momentum: the optimizer (SGD without momentum) applies mean(u)
+        if adam is not None:
+            buffer.copy_(adam.value)  # dense Adam: the optimizer (SGD without momentum) applies mean(d)
         future = _dense_average(state, buffer) if world_size > 1 else completed_future(buffer)
         state.finish_bucket(bucket, compressed=False)
-        if moments is None and velocity is None:
+        if moments is None and velocity is None and adam is None:
             return future
 
         def keep_state(future: torch.futures.Future) -> torch.Tensor:
@@ -228,13 +287,16 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
             if velocity is not None:  # everything was sent, but the velocity is not masked while dense
                 keep = old_velocity if old_velocity is not None else torch.zeros_like(velocity)
                 state.velocities.set(bucket, torch.where(nonfinite, keep, velocity))
+            if adam is not None:
+                state.commit_adam(bucket, adam, nonfinite)
             return average
 
         return future.then(keep_state)
 
     work_dtype = torch.float64 if buffer.dtype == torch.float64 else torch.float32
     old_residual = state.residuals.get(bucket)
-    fresh = velocity if velocity is not None else buffer.to(work_dtype)  # (N,) u with momentum correction, else g
+    # (N,) u with momentum correction, d with local_adam, else g
+    fresh = velocity if velocity is not None else adam.value if adam is not None else buffer.to(work_dtype)
     corrected = fresh + old_residual if old_residual is not None else fresh.clone()  # (N,)
     scores = corrected.abs()  # (N,)
     if moments is not None:
@@ -266,6 +328,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
             state.velocities.set(bucket, torch.where(any_overflow, keep_velocity, masked_velocity))
         if moments is not None:
             state.squared_means.commit(bucket, moments, nonfinite=any_overflow)
+        if adam is not None:
+            state.commit_adam(bucket, adam, any_overflow)
         dense = torch.zeros(numel, dtype=work_dtype, device=buffer.device)  # (N,)
         for rank in range(world_size):  # fixed order: identical float sums on every rank
             dense.index_add_(0, all_indices[rank], all_values[rank].to(work_dtype))

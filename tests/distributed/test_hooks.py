@@ -1,5 +1,5 @@
 """Communication hooks in two gloo processes: exactness, quantization bound, error feedback, top-k (with momentum
-correction), resume, inf.
+correction or local Adam), resume, inf.
 
 One spawn runs every scenario (``run_scenarios``) and saves what each rank saw; the tests below check it.
 """
@@ -38,6 +38,15 @@ MOMENTUM = {
     "topk_momentum_unmasked": ({"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64", "momentum": 0.9,
                                 "momentum_masking": False}, None, 4, {}),
 }
+# local-Adam scenarios: label -> (hook args, DDP bucket_cap_mb, steps, {step: density}); fp64 values
+LOCAL_ADAM = {
+    "topk_local_adam": ({"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64", "local_adam": True},
+                        None, 4, {}),
+    # several buckets, per-tensor top-k, a density warm-up of two stages, other betas and eps
+    "topk_local_adam_tensor": ({"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64", "local_adam": True,
+                                "granularity": "tensor", "density_warmup_steps": 2, "adam_beta1": 0.8,
+                                "adam_beta2": 0.95, "adam_eps": 1e-3}, 0.001, 6, {2: 0.25, 3: 0.0625}),
+}
 # label -> (hook, args) of the inf scenario (rank 0 poisons step 2)
 INF_CASES = {
     "int8": ("int8", {}),
@@ -46,6 +55,8 @@ INF_CASES = {
     "topk_normalized_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "selection": "normalized"}),  # step 2 dense
     "topk_momentum": ("topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9}),
     "topk_momentum_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "momentum": 0.9}),  # step 2 dense
+    "topk_local_adam": ("topk", {"ratio": 0.1, "warmup_steps": 1, "local_adam": True}),
+    "topk_local_adam_dense": ("topk", {"ratio": 0.1, "warmup_steps": 3, "local_adam": True}),  # step 2 dense
     "fp16": ("fp16", {}),
     "powersgd": ("powersgd", {"warmup_steps": 2}),
 }
@@ -73,7 +84,8 @@ def recording(hook):
 
     For top-k with ``selection="normalized"`` also the stored squared-gradient means and bias-correction
     weights after the call (``mean_new`` (N,), ``weight_new`` (P,)); with ``momentum`` the velocity before and
-    after (``velocity_old``, ``velocity_new``, (N,)).
+    after (``velocity_old``, ``velocity_new``, (N,)); with ``local_adam`` both moments before and after
+    (``adam_old``, ``adam_new``: [m, v], each (N,) or None).
     """
     calls: list[dict] = []
 
@@ -90,6 +102,9 @@ def recording(hook):
         velocities = getattr(state, "velocities", None)
         if velocities is not None:
             entry["velocity_old"] = clone_or_none(velocities.get(bucket))
+        adam_moments = getattr(state, "adam_moments", None)
+        if adam_moments is not None:
+            entry["adam_old"] = [clone_or_none(moment.means.get(bucket)) for moment in adam_moments]
         calls.append(entry)
 
         def keep(future):
@@ -100,6 +115,8 @@ def recording(hook):
                 entry["weight_new"] = clone_or_none(moments.weights.get(bucket))
             if velocities is not None:
                 entry["velocity_new"] = clone_or_none(velocities.get(bucket))
+            if adam_moments is not None:
+                entry["adam_new"] = [clone_or_none(moment.means.get(bucket)) for moment in adam_moments]
             return future.value()
 
         return hook(state, bucket).then(keep)
@@ -203,6 +220,24 @@ def scenario_dense_momentum(rank: int) -> dict:
             "hooked": [p.detach().clone() for p in hooked.module.parameters()]}
 
 
+def scenario_adam_equals_adamw(rank: int) -> dict:
+    """The same data on both ranks, float64: plain DDP + AdamW vs top-k with ``local_adam`` + SGD without
+    momentum (weight decay as SGD's), once dense and once sparse with every entry sent (ratio 1)."""
+    def run(ddp: DDP, optimizer) -> list[torch.Tensor]:
+        for step in range(5):
+            optimizer.zero_grad()
+            loss_of(ddp, 0, step).backward()  # rank 0's batch everywhere: the local gradient is the average
+            optimizer.step()
+        return [p.detach().clone() for p in ddp.module.parameters()]
+
+    plain = DDP(make_model(torch.float64))
+    params = {"plain": run(plain, torch.optim.AdamW(plain.parameters(), lr=0.01, weight_decay=0.1))}
+    for label, args in [("dense", {"warmup_steps": 100}), ("sparse", {"ratio": 1.0, "value_dtype": "fp64"})]:
+        hooked, _, _ = wrap("topk", {**args, "local_adam": True}, dtype=torch.float64)
+        params[label] = run(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01, weight_decay=0.1))
+    return params
+
+
 def scenario_inf(rank: int, name: str, args: dict) -> dict:
     """Rank 0 gets an inf in one gradient entry at step 2; returns the reduced gradients and residuals."""
     ddp, state, recorder = wrap(name, args, record=True)
@@ -277,6 +312,9 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
                                                                "value_dtype": "fp64", "momentum": 0.0},
                                                 torch.float64),
         "dense_momentum": scenario_dense_momentum(rank),
+        **{label: scenario_recorded(rank, "topk", args, torch.float64, steps=steps, bucket_cap_mb=cap)
+           for label, (args, cap, steps, _) in LOCAL_ADAM.items()},
+        "adam_equals_adamw": scenario_adam_equals_adamw(rank),
         "resume": {
             "int8": scenario_resume(rank, "int8", {"block_size": 64}, bucket_cap_mb=0.001),
             "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
@@ -297,6 +335,12 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
             "topk_tensor_normalized_momentum": scenario_resume(
                 rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "momentum": 0.9, "granularity": "tensor",
                                "selection": "normalized"}, bucket_cap_mb=0.001),
+            "topk_local_adam": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1, "local_adam": True},
+                                               None),
+            # saved inside the dense warm-up; several buckets, per-tensor top-k
+            "topk_tensor_local_adam_dense": scenario_resume(
+                rank, "topk", {"ratio": 0.1, "warmup_steps": 4, "local_adam": True, "granularity": "tensor"},
+                bucket_cap_mb=0.001),
             "powersgd": scenario_resume(rank, "powersgd", {"rank": 1, "warmup_steps": 2}, None),
         },
         "inf": {label: scenario_inf(rank, name, args) for label, (name, args) in INF_CASES.items()},
@@ -459,7 +503,8 @@ def test_topk_normalized_selection_matches_oracle_and_keeps_the_rest(results, la
 
 @pytest.mark.parametrize("name", ["int8", "topk", "topk_tensor", "topk_normalized", "topk_tensor_normalized",
                                   "topk_momentum", "topk_tensor_momentum", "topk_momentum_dense",
-                                  "topk_tensor_normalized_momentum", "powersgd"])
+                                  "topk_tensor_normalized_momentum", "topk_local_adam",
+                                  "topk_tensor_local_adam_dense", "powersgd"])
 def test_save_load_next_step_equals_uninterrupted(results, name):
     for rank_result in results:
         run = rank_result["resume"][name]
@@ -483,6 +528,10 @@ def test_inf_reaches_the_optimizer_step(results, label):
                     assert torch.equal(call["velocity_old"], call["velocity_new"])
                 else:
                     assert call["velocity_old"] is None or not torch.equal(call["velocity_old"], call["velocity_new"])
+            if "adam_old" in call:  # local Adam: neither moment is poisoned, nor updated by the skipped step
+                assert all(m is not None and torch.isfinite(m).all() for m in call["adam_new"])
+                for old, new in zip(call["adam_old"], call["adam_new"], strict=True):
+                    assert torch.equal(old, new) if call["step"] == 2 else old is None or not torch.equal(old, new)
             if "mean_old" in call:
                 assert call["mean_new"] is not None and torch.isfinite(call["mean_new"]).all()
                 if call["step"] == 2:  # the running mean of squared gradients is not updated either
@@ -506,6 +555,19 @@ def test_powersgd_handles_zero_dim_parameters(results):
         assert all(torch.isfinite(g).all() for step in run["hooked"] for g in step)
 
 
+def topk_mask(accumulated: torch.Tensor, sizes: list[int], args: dict, density: float) -> tuple[torch.Tensor, int]:
+    """(N,) bool of the ``ceil(density * n)`` largest ``|accumulated|`` of the bucket (or of each tensor), and k."""
+    groups = sizes if args.get("granularity") == "tensor" else [accumulated.numel()]
+    mask = torch.zeros(accumulated.numel(), dtype=torch.bool)
+    offset, k = 0, 0
+    for size in groups:
+        count = min(size, max(1, math.ceil(density * size)))
+        order = torch.argsort(accumulated[offset:offset + size].abs(), descending=True)
+        mask[offset + order[:count]] = True
+        offset, k = offset + size, k + count
+    return mask, k
+
+
 def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) -> None:
     """Deep Gradient Compression with momentum correction in plain tensor code, over one rank's calls in order.
 
@@ -527,15 +589,7 @@ def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) 
             continue
         accumulated = torch.cat([residual.get(p, torch.zeros(n, dtype=torch.float64))
                                  for p, n in zip(positions, sizes, strict=True)]) + u  # (N,)
-        density = densities.get(call["step"], args["ratio"])
-        groups = sizes if args.get("granularity") == "tensor" else [u.numel()]
-        mask = torch.zeros(u.numel(), dtype=torch.bool)
-        offset, k = 0, 0
-        for size in groups:
-            count = min(size, max(1, math.ceil(density * size)))
-            order = torch.argsort(accumulated[offset:offset + size].abs(), descending=True)
-            mask[offset + order[:count]] = True
-            offset, k = offset + size, k + count
+        mask, k = topk_mask(accumulated, sizes, args, densities.get(call["step"], args["ratio"]))
         call["oracle_sent"] = torch.where(mask, accumulated, 0.0)
         call["oracle_mask"], call["oracle_k"] = mask, k
         call["oracle_residual"] = torch.where(mask, 0.0, accumulated)
@@ -601,3 +655,77 @@ def test_topk_dense_momentum_with_sgd_equals_sgd_with_momentum(results):
         run = rank_result["dense_momentum"]
         for plain, hooked in zip(run["plain"], run["hooked"], strict=True):
             torch.testing.assert_close(hooked, plain, rtol=1e-12, atol=1e-14)
+
+
+def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float]) -> None:
+    """Top-k of local Adam directions with error feedback, in plain tensor code, over one rank's calls in order.
+
+    Per parameter: m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t))
+    + eps) with t this parameter's update count; dense step: send d; sparse step: r <- r + d, send the k largest
+    |r| and zero r there. Adds ``oracle_sent``, ``oracle_residual`` (N,), ``oracle_mask`` (N,) bool, ``oracle_k``.
+    """
+    beta1, beta2 = args.get("adam_beta1", 0.9), args.get("adam_beta2", 0.999)
+    eps = args.get("adam_eps", 1e-8)
+    first: dict[int, torch.Tensor] = {}  # parameter position -> (numel,)
+    second: dict[int, torch.Tensor] = {}
+    updates: dict[int, int] = {}
+    residual: dict[int, torch.Tensor] = {}
+    for call in calls:
+        positions, sizes = call["positions"], call["sizes"]
+        directions = []
+        for position, grad in zip(positions, call["input"].double().split(sizes), strict=True):
+            first[position] = beta1 * first.get(position, torch.zeros_like(grad)) + (1 - beta1) * grad
+            second[position] = beta2 * second.get(position, torch.zeros_like(grad)) + (1 - beta2) * grad ** 2
+            updates[position] = t = updates.get(position, 0) + 1
+            directions.append(first[position] / (1 - beta1 ** t) / ((second[position] / (1 - beta2 ** t)).sqrt() + eps))
+        d = torch.cat(directions)  # (N,)
+        call["oracle_first"] = torch.cat([first[p] for p in positions])
+        if call["step"] < args["warmup_steps"]:
+            call["oracle_sent"], call["oracle_residual"], call["oracle_k"] = d, None, None
+            continue
+        accumulated = torch.cat([residual.get(p, torch.zeros(n, dtype=torch.float64))
+                                 for p, n in zip(positions, sizes, strict=True)]) + d  # (N,)
+        mask, k = topk_mask(accumulated, sizes, args, densities.get(call["step"], args["ratio"]))
+        call["oracle_sent"], call["oracle_mask"], call["oracle_k"] = torch.where(mask, accumulated, 0.0), mask, k
+        call["oracle_residual"] = torch.where(mask, 0.0, accumulated)
+        for position, r in zip(positions, call["oracle_residual"].split(sizes), strict=True):
+            residual[position] = r
+
+
+@pytest.mark.parametrize("label", list(LOCAL_ADAM))
+def test_topk_local_adam_matches_oracle(results, label):
+    args, _, steps, densities = LOCAL_ADAM[label]
+    per_rank = [rank_result[label]["calls"] for rank_result in results]
+    for calls in per_rank:
+        local_adam_oracle(calls, args, densities)
+    sparse_steps = set()
+    for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
+        assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
+        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,)
+        for call in rank_calls:
+            torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(call["adam_new"][0], call["oracle_first"], rtol=1e-10, atol=1e-12)
+            if call["oracle_k"] is None:  # dense: the whole direction went out, nothing was kept back
+                assert call["new"] is None
+                continue
+            sparse_steps.add(call["step"])
+            torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
+            assert int(call["oracle_mask"].sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
+            assert torch.all(call["new"][call["oracle_mask"]] == 0) and torch.any(call["new"] != 0)
+    assert sparse_steps == set(range(args["warmup_steps"], steps))
+    if label == "topk_local_adam":  # what goes out is Adam's direction, not the gradient: at step 0 d = g / |g|
+        first = next(c for c in per_rank[0] if c["step"] == 0)
+        gradient, sent = first["input"].double(), first["oracle_sent"]
+        large = gradient.abs() > 1e-5  # d = g / (|g| + eps): within 1e-3 of the sign where |g| > 1e-5
+        assert gradient[large].abs().max() / gradient[large].abs().min() > 100
+        torch.testing.assert_close(sent[large], gradient[large].sign(), rtol=1e-3, atol=0)
+
+
+def test_topk_local_adam_with_sgd_equals_adamw(results):
+    for rank_result in results:
+        run = rank_result["adam_equals_adamw"]
+        for label in ("dense", "sparse"):
+            for plain, hooked in zip(run["plain"], run[label], strict=True):
+                torch.testing.assert_close(hooked, plain, rtol=1e-10, atol=1e-12)
+        start = make_model(torch.float64).parameters()
+        assert not any(torch.equal(p, q) for p, q in zip(run["plain"], start, strict=True))  # it did train
