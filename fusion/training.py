@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.environments import (
+    LSFEnvironment,
+    MPIEnvironment,
+    SLURMEnvironment,
+    TorchElasticEnvironment,
+)
+from lightning.pytorch.strategies import ParallelStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fusion.best_checkpoint import LatestOnTiesCheckpoint
@@ -38,7 +46,55 @@ def build_strategy(cfg: DictConfig):
 
     args = cfg.get("comm_hook_args")
     args = OmegaConf.to_container(args, resolve=True) if args is not None else {}
+    check_optimizer_for_hook(cfg, str(cfg.comm_hook), args)
     return build_hooked_strategy(str(cfg.comm_hook), args, strategy)
+
+
+def check_optimizer_for_hook(cfg: DictConfig, hook: str, args: dict) -> None:
+    """Top-k with momentum correction or local Adam sends finished update steps, which only plain SGD (no
+    momentum) applies as they are; any other optimizer is refused with the settings to change."""
+    if hook != "topk" or not (args.get("local_adam") is True or float(args.get("momentum", 0) or 0) > 0):
+        return
+    option = "local_adam=true" if args.get("local_adam") is True else f"momentum={args['momentum']}"
+    optimizer, momentum = cfg.model.get("optimizer"), cfg.model.get("momentum")
+    if optimizer != "sgd" or float(momentum or 0) != 0:
+        raise ValueError(f"comm_hook=topk with comm_hook_args.{option} sends finished update steps, which the "
+                         f"optimizer must apply as they are: set model.optimizer=sgd model.momentum=0 (now "
+                         f"model.optimizer={optimizer}, model.momentum={momentum})")
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """Keyword arguments of lightning.Trainer from cfg.trainer, with the comm-hook strategy."""
+    return OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)}
+
+
+# cluster environments in which Lightning does not start the processes itself (torchrun, srun, jsrun, mpirun)
+EXTERNAL_LAUNCHERS = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+
+
+def shared_run_dir(cfg: DictConfig) -> str:
+    """Global rank 0's `cfg.run_dir`, on every process of a run.
+
+    torchrun or srun start the processes of each node separately, and each node picks its own default run
+    folder (Hydra's timestamp may differ by a second); processes that Lightning starts itself are given the
+    parent's folder. With external launchers this joins the process group as Lightning's fit would
+    (same environment, backend and timeout; fit then reuses the group) and takes rank 0's folder.
+    """
+    if not any(environment.detect() for environment in EXTERNAL_LAUNCHERS):
+        return str(cfg.run_dir)
+    device_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = device_info.level
+    device_info.setLevel(logging.WARNING)  # the real Trainer reports the devices below
+    try:
+        probe = L.Trainer(**trainer_kwargs(cfg) | {"logger": False, "enable_checkpointing": False})
+    finally:
+        device_info.setLevel(level)
+    strategy = probe.strategy
+    if (probe.world_size <= 1 or not isinstance(strategy, ParallelStrategy)
+            or not strategy.cluster_environment.creates_processes_externally):
+        return str(cfg.run_dir)
+    strategy.setup_environment()
+    return strategy.broadcast(str(cfg.run_dir), src=0)
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
@@ -108,9 +164,13 @@ def train(cfg: DictConfig, datamodule=None) -> dict[str, float]:
 
     `datamodule`: an already prepared datamodule for `cfg.data` (default: built and validated here).
 
+    Every process of a multi-process run uses global rank 0's `cfg.run_dir` (written back into `cfg`).
+
     Returns:
         Flat test metrics, e.g. {"test/acc": 0.97, "test/f1": 0.97}.
     """
+    with open_dict(cfg):
+        cfg.run_dir = shared_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -132,8 +192,7 @@ def train(cfg: DictConfig, datamodule=None) -> dict[str, float]:
                              "recipe=progressive with model.fusion.decision_gate_inputs=confidence")
         task.out_of_fold = out_of_fold_decisions(cfg, run_dir, datamodule)
         task.out_of_fold_epochs, task.out_of_fold_lr = int(cfg.cross_fit.epochs), float(cfg.cross_fit.lr)
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True) | {"strategy": build_strategy(cfg)},
-                        default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
+    trainer = L.Trainer(**trainer_kwargs(cfg), default_root_dir=str(run_dir), callbacks=build_callbacks(cfg, run_dir),
                         logger=CSVLogger(save_dir=str(run_dir), name="logs", version=log_version(cfg)),
                         plugins=[build_checkpoint_io(str(cfg.get("checkpoint_io", "async")))])
     if trainer.is_global_zero:
