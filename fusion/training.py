@@ -56,6 +56,12 @@ def check_optimizer_for_hook(cfg: DictConfig, hook: str, args: dict) -> None:
     if hook != "topk" or not (args.get("local_adam") is True or float(args.get("momentum", 0) or 0) > 0):
         return
     option = "local_adam=true" if args.get("local_adam") is True else f"momentum={args['momentum']}"
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if args.get("local_adam") is True and (accelerator in ("gpu", "cuda")
+                                           or (accelerator == "auto" and torch.cuda.is_available())):
+        raise ValueError("comm_hook_args.local_adam=true runs on the CPU (gloo) only for now: on CUDA (NCCL) it "
+                         "reached NaN (BENCHMARKS.md, 'local_adam on CUDA'); use trainer.accelerator=cpu, or "
+                         "top-k without local_adam on GPUs")
     optimizer, momentum = cfg.model.get("optimizer"), cfg.model.get("momentum")
     if optimizer != "sgd" or float(momentum or 0) != 0:
         raise ValueError(f"comm_hook=topk with comm_hook_args.{option} sends finished update steps, which the "

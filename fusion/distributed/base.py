@@ -1,5 +1,6 @@
 """State shared by the gradient-compression hooks: process group, step counter, bytes, residuals."""
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -60,3 +61,22 @@ def completed_future(tensor: torch.Tensor) -> torch.futures.Future:
     future: torch.futures.Future = torch.futures.Future()
     future.set_result(tensor)
     return future
+
+
+def used_by_callback(*items: Any) -> None:
+    """Marks the CUDA tensors in ``items`` as used by the current stream; call it first in a future callback.
+
+    A hook's callback runs on a stream of its own, not on the stream that made the tensors it reads (those come
+    from the hook's body, before the collective). When the callback lets go of them, the caching allocator
+    may hand their memory to new tensors of the making stream at once, before the callback's kernels that
+    read them have run; recording the callback's stream on them defers that reuse until those kernels are
+    done. ``items``: tensors, None, and dataclasses or lists/tuples holding them. No-op for CPU tensors.
+    """
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            if item.is_cuda:
+                item.record_stream(torch.cuda.current_stream(item.device))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            used_by_callback(*(getattr(item, field.name) for field in dataclasses.fields(item)))
+        elif isinstance(item, (list, tuple)):
+            used_by_callback(*item)

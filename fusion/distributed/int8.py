@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fusion.distributed.base import HookState, completed_future
+from fusion.distributed.base import HookState, completed_future, used_by_callback
 
 
 class Int8State(HookState):
@@ -136,6 +136,7 @@ def int8_hook(state: Int8State, bucket: dist.GradBucket) -> torch.futures.Future
     factor = agreed.new_full((), 1.0 / world_size).masked_fill_(overflow, float("nan"))  # ()
 
     def dequantize(future: torch.futures.Future) -> torch.Tensor:
+        used_by_callback(scale, factor)
         total = future.value()[0]  # (N,) int8 sum over ranks
         return torch.mul(total, scale).mul_(factor).to(buffer.dtype)  # (N,) average
 

@@ -57,7 +57,9 @@ send the top-k of ``r``), so the sent values add up to every entry's Adam steps,
 must apply them as they are: **plain SGD without momentum** (``model.optimizer=sgd model.momentum=0``); its
 weight decay ``lr * wd * w`` is then AdamW's decoupled weight decay. During the dense warm-up the hook
 all-reduces d, so training starts as AdamW does with moments from each rank's local gradient (Adam's
-normalisation happens before the average, not after). Costs two more floats per gradient entry.
+normalisation happens before the average, not after). Costs two more floats per gradient entry. Verified on
+the CPU (gloo) only: on CUDA it reached NaN before ``used_by_callback`` existed, and train.py refuses it on a
+GPU until ``benchmarks/hooks_cuda_check.py`` passes there.
 
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
 optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v, and the velocity)
@@ -73,7 +75,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fusion.distributed.base import HookState, completed_future
+from fusion.distributed.base import HookState, completed_future, used_by_callback
 from fusion.distributed.moments import GradientMoment, MomentUpdate
 from fusion.distributed.residuals import ResidualStore
 
@@ -280,6 +282,7 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
             return future
 
         def keep_state(future: torch.futures.Future) -> torch.Tensor:
+            used_by_callback(moments, old_velocity, velocity, adam)
             average = future.value()  # (N,) inf/NaN if any rank's gradient held them
             nonfinite = ~torch.isfinite(average).all()
             if moments is not None:
@@ -319,6 +322,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
 
     def scatter_average(future: torch.futures.Future) -> torch.Tensor:
         future.value()  # raises if the collective failed
+        used_by_callback(gathered, keep, residual, moments, adam, *((keep_velocity, masked_velocity)
+                                                                     if velocity is not None else ()))
         rows = gathered.view(world_size, -1)  # (W, k * (v + 4))
         all_values = rows[:, : k * value_bytes].contiguous().view(state.value_dtype)  # (W, k)
         all_indices = rows[:, k * value_bytes:].contiguous().view(torch.int32).long()  # (W, k)

@@ -49,5 +49,8 @@ def test_config_needs_sgd_without_momentum(one_rank_group):
     strategy = build_strategy(cfg)
     state, _ = make_comm_hook(strategy.comm_hook, nn.Linear(4, 4), None, strategy.comm_hook_args)
     assert state.adam_moments is not None and state.ratio == 0.001
+    with pytest.raises(ValueError, match="local_adam=true runs on the CPU"):
+        build_strategy(compose_recipe("progressive", [*LOCAL_ADAM, "model.optimizer=sgd", "model.momentum=0",
+                                                      "trainer.accelerator=gpu"]))
     # plain top-k (the optimizer keeps its own momentum) with AdamW stays allowed
     assert build_strategy(compose_recipe("progressive", LOCAL_ADAM[:-1])).comm_hook == "topk"
