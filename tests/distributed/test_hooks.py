@@ -599,12 +599,18 @@ def momentum_oracle(calls: list[dict], args: dict, densities: dict[int, float]) 
             residual[position], velocity[position] = r, v
 
 
-@pytest.mark.parametrize("label", list(MOMENTUM))
-def test_topk_momentum_correction_matches_dgc_oracle(results, label):
-    args, _, steps, densities = MOMENTUM[label]
+def calls_with_oracle(results: list[dict], label: str, scenarios: dict, oracle) -> tuple[dict, int, dict, list]:
+    """(hook args, steps, density stages, each rank's recorded calls) of a scenario, the oracle applied."""
+    args, _, steps, densities = scenarios[label]
     per_rank = [rank_result[label]["calls"] for rank_result in results]
     for calls in per_rank:
-        momentum_oracle(calls, args, densities)
+        oracle(calls, args, densities)
+    return args, steps, densities, per_rank
+
+
+@pytest.mark.parametrize("label", list(MOMENTUM))
+def test_topk_momentum_correction_matches_dgc_oracle(results, label):
+    args, steps, densities, per_rank = calls_with_oracle(results, label, MOMENTUM, momentum_oracle)
     assert len(per_rank[0]) == len(per_rank[1])
     sparse_steps = set()
     for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
@@ -694,10 +700,7 @@ def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float]
 
 @pytest.mark.parametrize("label", list(LOCAL_ADAM))
 def test_topk_local_adam_matches_oracle(results, label):
-    args, _, steps, densities = LOCAL_ADAM[label]
-    per_rank = [rank_result[label]["calls"] for rank_result in results]
-    for calls in per_rank:
-        local_adam_oracle(calls, args, densities)
+    args, steps, _, per_rank = calls_with_oracle(results, label, LOCAL_ADAM, local_adam_oracle)
     sparse_steps = set()
     for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
         assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
