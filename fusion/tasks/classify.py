@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from fusion.checkpoints import load_checkpoint_file
 from fusion.model import FusionModel
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
+from fusion.tasks.epoch_means import EpochMeans
 from fusion.tasks.gate_calibration import calibrate_gates
 
 
@@ -64,6 +65,7 @@ class ClassificationTask(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.epoch_means = {"val": EpochMeans(), "test": EpochMeans()}  # loss, decision accuracies, gate weights
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch)
@@ -85,21 +87,48 @@ class ClassificationTask(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(result.logits.detach(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
-        self.log(f"{stage}/loss", loss.detach(), on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
-        if stage != "train":
-            for name, logits in (result.decision_logits or result.unimodal_logits).items():
-                present = batch["mask"].get(name, torch.ones_like(labels, dtype=torch.bool))
+        if stage == "train":  # per process; evaluation values below are exact over every process
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            for name, (weights, present) in self._gate_weights(result, batch).items():
                 if bool(present.any()):
-                    correct = (logits.detach().argmax(1) == labels)[present].float().mean()
-                    self.log(f"{stage}/decision_acc/{name.lstrip('~')}", correct, on_step=False, on_epoch=True,
+                    self.log(f"train/gate/{name}", weights.detach()[present].mean(), on_step=False, on_epoch=True,
                              batch_size=int(present.sum()))
+            return total
+        means = self.epoch_means[stage]
+        means.add(f"{stage}/loss", loss, batch_size)
+        for name, logits in (result.decision_logits or result.unimodal_logits).items():
+            present = batch["mask"].get(name, torch.ones_like(labels, dtype=torch.bool))
+            correct = (logits.detach().argmax(1) == labels)[present].float()  # (present,)
+            means.add(f"{stage}/decision_acc/{name.lstrip('~')}", correct.mean(), correct.numel())
+        for name, (weights, present) in self._gate_weights(result, batch).items():
+            means.add(f"{stage}/gate/{name}", weights.detach()[present].mean(), int(present.sum()))
+        return total
+
+    @staticmethod
+    def _gate_weights(result, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Gate name -> (weights (B,), rows where the weighted modality is present (B,) bool)."""
+        labels = batch["label"]
+        pairs = {}
         for name, weights in result.gate_weights.items():
             modality = name.split("/")[-1]
-            present = batch["mask"][modality] if modality in batch["mask"] else torch.ones_like(labels, dtype=torch.bool)
-            if bool(present.any()):
-                self.log(f"{stage}/gate/{name}", weights.detach()[present].mean(), on_step=False, on_epoch=True,
-                         batch_size=int(present.sum()))
-        return total
+            pairs[name] = (weights, batch["mask"][modality] if modality in batch["mask"]
+                           else torch.ones_like(labels, dtype=torch.bool))
+        return pairs
+
+    def _log_epoch_means(self, stage: str) -> None:
+        """Logs the stage's loss, decision accuracies and gate weights, reduced over every process."""
+        values = self.epoch_means[stage].compute(self.device)
+        loss = values.pop(f"{stage}/loss", None)
+        # already identical on every process: sync_dist only keeps Lightning's distributed bookkeeping quiet
+        self.log_dict(values, prog_bar=False, sync_dist=True)
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_means("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
