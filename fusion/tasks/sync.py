@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from fusion.alignment.gather import all_gather_no_grad, is_distributed
+from fusion.tasks.epoch_means import EpochMeans
 from fusion.temporal.baseline import estimate_offset_xcorr
 from fusion.temporal.metrics import sync_report
 from fusion.temporal.sync import SyncModel
@@ -35,6 +37,7 @@ class SyncTask(L.LightningModule):
                                dropout=dropout)
         self.fps = float(data_spec["fps"])
         self._outputs: list[dict] = []
+        self.epoch_means = {"val": EpochMeans(), "test": EpochMeans()}
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Decoded per-frame offsets (B, T) in frames."""
@@ -49,7 +52,7 @@ class SyncTask(L.LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         out = self.model.loss(batch["video"], batch["audio"], batch["state"], batch["frame_mask"])
-        self.log(f"{stage}/loss", out["loss"], batch_size=batch["state"].shape[0])
+        self.epoch_means[stage].add(f"{stage}/loss", out["loss"], batch["state"].shape[0])
         paths = self.model.decode(batch["video"], batch["audio"], batch["frame_mask"], emissions=out["emissions"])
         subframes = self.hparams.data_spec["subframes"]
         steps = batch["video"].shape[1]
@@ -63,11 +66,18 @@ class SyncTask(L.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         if not self._outputs:
-            return
-        joined = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
+            if not is_distributed():
+                return
+            raise RuntimeError(f"{stage}: this process evaluated no windows, so the other processes' report cannot "
+                               "be gathered (fewer windows than processes?)")
+        local = {k: torch.cat([o[k] for o in self._outputs]) for k in self._outputs[0]}
         self._outputs.clear()
-        metrics = sync_report(joined["paths"], joined["truth"], joined["drift"], joined["baseline"], self.fps)
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()})
+        # under DDP each process holds a shard of the windows: the report is over every process's windows
+        joined = {k: all_gather_no_grad(v.to(self.device, torch.uint8 if v.dtype == torch.bool else v.dtype)).cpu()
+                  for k, v in local.items()}
+        metrics = sync_report(joined["paths"], joined["truth"], joined["drift"].bool(), joined["baseline"], self.fps)
+        values = {f"{stage}/{k}": v for k, v in metrics.items()} | self.epoch_means[stage].compute(self.device)
+        self.log_dict(values, sync_dist=True)  # identical on every process already
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
