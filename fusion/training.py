@@ -51,11 +51,14 @@ def build_strategy(cfg: DictConfig):
 
 
 def check_optimizer_for_hook(cfg: DictConfig, hook: str, args: dict) -> None:
-    """Top-k with momentum correction or local Adam sends finished update steps, which only plain SGD (no
-    momentum) applies as they are; any other optimizer is refused with the settings to change."""
-    if hook != "topk" or not (args.get("local_adam") is True or float(args.get("momentum", 0) or 0) > 0):
+    """Top-k with momentum correction, local Adam or scale_by_lr sends finished update steps, which only plain SGD
+    (no momentum) applies as they are; any other optimizer is refused with the settings to change."""
+    options = [name for name, on in (("local_adam=true", args.get("local_adam") is True),
+                                     (f"momentum={args.get('momentum')}", float(args.get("momentum", 0) or 0) > 0),
+                                     ("scale_by_lr=true", args.get("scale_by_lr") is True)) if on]
+    if hook != "topk" or not options:
         return
-    option = "local_adam=true" if args.get("local_adam") is True else f"momentum={args['momentum']}"
+    option = options[0]
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if args.get("local_adam") is True and (accelerator in ("gpu", "cuda")
                                            or (accelerator == "auto" and torch.cuda.is_available())):

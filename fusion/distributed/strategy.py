@@ -47,6 +47,16 @@ class CompressedDDPStrategy(DDPStrategy):
             self._pending_state = None
         self.model.register_comm_hook(self.hook_state, hook)
 
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Hands the step's learning rate to a hook that scales its residuals by it (top-k ``scale_by_lr``)."""
+        if getattr(self.hook_state, "scale_by_lr", False):
+            rates = {group["lr"] for optimizer in self.optimizers for group in optimizer.param_groups}
+            if len(rates) != 1:
+                raise ValueError(f"comm_hook_args.scale_by_lr needs one learning rate for every parameter, got "
+                                 f"{sorted(rates)}")
+            self.hook_state.learning_rate = float(rates.pop())
+        return super().training_step(*args, **kwargs)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
         output = super().optimizer_step(*args, **kwargs)
         module = self.lightning_module

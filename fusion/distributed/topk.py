@@ -61,6 +61,16 @@ normalisation happens before the average, not after). Costs two more floats per 
 the CPU (gloo) only: on CUDA it reached NaN before ``used_by_callback`` existed, and train.py refuses it on a
 GPU until ``benchmarks/hooks_cuda_check.py`` passes there.
 
+Learning-rate-aware error feedback (``scale_by_lr=True``, for an optimizer that applies what it gets as it is:
+SGD without momentum, so with ``momentum`` > 0 or ``local_adam``). Plain error feedback keeps what was not sent
+in gradient units, and the value is applied whenever it is finally sent, at that step's learning rate: under a
+decaying schedule an entry that waited moves less than the steps it stands for. With ``scale_by_lr`` each
+step's contribution is multiplied by that step's learning rate before it enters the residual, so the residual
+holds parameter changes; the entries sent are divided by the current learning rate after the exchange, and the
+optimizer's ``lr *`` turns them back into exactly the parameter changes they stand for. The learning rate of
+each step is set by the training strategy (``learning_rate``; the same on every rank). Dense warm-up steps are
+not affected.
+
 If any rank's gradient holds inf/NaN, that rank sends NaN values, so every rank's bucket carries NaN to the
 optimizer step (an AMP grad scaler then skips it), and every rank keeps its residual (and v, and the velocity)
 as it was.
@@ -118,6 +128,8 @@ class TopKState(HookState):
         local_adam: exchange each rank's Adam direction instead of its gradient (needs plain SGD without
             momentum as the optimizer; not with ``momentum`` > 0; see the module docstring).
         adam_beta1, adam_beta2, adam_eps: Adam's betas and eps for ``local_adam``.
+        scale_by_lr: keep the residual in parameter units (see the module docstring); needs ``learning_rate``
+            set before every step.
     """
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None, ratio: float = 0.001,
@@ -126,8 +138,10 @@ class TopKState(HookState):
                  selection: Literal["magnitude", "normalized"] = "magnitude", selection_beta: float = 0.99,
                  selection_eps: float = 1e-8, momentum: float = 0.0, momentum_masking: bool = True,
                  local_adam: bool = False, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
-                 adam_eps: float = 1e-8) -> None:
+                 adam_eps: float = 1e-8, scale_by_lr: bool = False) -> None:
         super().__init__(module, process_group)
+        self.scale_by_lr = bool(scale_by_lr)
+        self.learning_rate: float | None = None  # this step's learning rate, set by the strategy (scale_by_lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"topk momentum must be in [0, 1), got {momentum}")
         if local_adam and momentum > 0:
@@ -205,6 +219,17 @@ class TopKState(HookState):
         dtype = torch.float64 if gradient.dtype == torch.float64 else torch.float32
         fresh = gradient.to(dtype)
         return old, (old * self.momentum + fresh if old is not None else fresh.clone())
+
+    def step_learning_rate(self) -> float | None:
+        """This step's learning rate with ``scale_by_lr`` (checked: set and positive), else None."""
+        if not self.scale_by_lr:
+            return None
+        if self.learning_rate is None:
+            raise RuntimeError("topk scale_by_lr needs each step's learning rate in state.learning_rate (set by "
+                               "CompressedDDPStrategy, or by hand before backward)")
+        if not self.learning_rate > 0:
+            raise ValueError(f"topk scale_by_lr needs a positive learning rate, got {self.learning_rate}")
+        return float(self.learning_rate)
 
     def adam_direction(self, bucket: dist.GradBucket, gradient: torch.Tensor) -> AdamDirection:
         """``local_adam``: Adam's moments with ``gradient`` ((N,), this rank's; not changed) folded in, and d."""
@@ -300,6 +325,9 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
     old_residual = state.residuals.get(bucket)
     # (N,) u with momentum correction, d with local_adam, else g
     fresh = velocity if velocity is not None else adam.value if adam is not None else buffer.to(work_dtype)
+    learning_rate = state.step_learning_rate()  # None unless scale_by_lr
+    if learning_rate is not None:
+        fresh = fresh * learning_rate  # (N,) the parameter change this step stands for
     corrected = fresh + old_residual if old_residual is not None else fresh.clone()  # (N,)
     scores = corrected.abs()  # (N,)
     if moments is not None:
@@ -338,7 +366,8 @@ def topk_hook(state: TopKState, bucket: dist.GradBucket) -> torch.futures.Future
         dense = torch.zeros(numel, dtype=work_dtype, device=buffer.device)  # (N,)
         for rank in range(world_size):  # fixed order: identical float sums on every rank
             dense.index_add_(0, all_indices[rank], all_values[rank].to(work_dtype))
-        return dense.div_(world_size).to(buffer.dtype)
+        dense.div_(world_size if learning_rate is None else world_size * learning_rate)
+        return dense.to(buffer.dtype)
 
     work = dist.all_gather_into_tensor(gathered, packed, group=state.group, async_op=True)
     state.finish_bucket(bucket, compressed=True)

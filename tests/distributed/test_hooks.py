@@ -47,6 +47,10 @@ LOCAL_ADAM = {
                                 "granularity": "tensor", "density_warmup_steps": 2, "adam_beta1": 0.8,
                                 "adam_beta2": 0.95, "adam_eps": 1e-3}, 0.001, 6, {2: 0.25, 3: 0.0625}),
 }
+# scale_by_lr with local Adam: a decaying learning rate per step, set on the hook state and the SGD optimizer
+SCALED_BY_LR = {"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64", "local_adam": True,
+                "scale_by_lr": True}
+LEARNING_RATES = [0.05, 0.04, 0.02, 0.01, 0.005]
 # label -> (hook, args) of the inf scenario (rank 0 poisons step 2)
 INF_CASES = {
     "int8": ("int8", {}),
@@ -238,6 +242,20 @@ def scenario_adam_equals_adamw(rank: int) -> dict:
     return params
 
 
+def scenario_scaled_by_lr(rank: int) -> dict:
+    """Recorded top-k with ``SCALED_BY_LR``: each step's learning rate goes to the hook and to plain SGD."""
+    ddp, state, recorder = wrap("topk", SCALED_BY_LR, dtype=torch.float64, record=True)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=1.0)
+    for step, rate in enumerate(LEARNING_RATES):
+        state.learning_rate = rate
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.zero_grad()
+        loss_of(ddp, rank, step).backward()
+        optimizer.step()
+    return {"calls": recorder.calls}
+
+
 def scenario_inf(rank: int, name: str, args: dict) -> dict:
     """Rank 0 gets an inf in one gradient entry at step 2; returns the reduced gradients and residuals."""
     ddp, state, recorder = wrap(name, args, record=True)
@@ -315,6 +333,7 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         **{label: scenario_recorded(rank, "topk", args, torch.float64, steps=steps, bucket_cap_mb=cap)
            for label, (args, cap, steps, _) in LOCAL_ADAM.items()},
         "adam_equals_adamw": scenario_adam_equals_adamw(rank),
+        "scaled_by_lr": scenario_scaled_by_lr(rank),
         "resume": {
             "int8": scenario_resume(rank, "int8", {"block_size": 64}, bucket_cap_mb=0.001),
             "topk": scenario_resume(rank, "topk", {"ratio": 0.1, "warmup_steps": 1}, None),  # one bucket
@@ -663,12 +682,14 @@ def test_topk_dense_momentum_with_sgd_equals_sgd_with_momentum(results):
             torch.testing.assert_close(hooked, plain, rtol=1e-12, atol=1e-14)
 
 
-def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float]) -> None:
+def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float],
+                      learning_rates: list[float] | None = None) -> None:
     """Top-k of local Adam directions with error feedback, in plain tensor code, over one rank's calls in order.
 
     Per parameter: m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, d = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t))
-    + eps) with t this parameter's update count; dense step: send d; sparse step: r <- r + d, send the k largest
-    |r| and zero r there. Adds ``oracle_sent``, ``oracle_residual`` (N,), ``oracle_mask`` (N,) bool, ``oracle_k``.
+    + eps) with t this parameter's update count; dense step: send d; sparse step: r <- r + d (r <- r + lr_t d with
+    ``learning_rates``), send the k largest |r| and zero r there. Adds ``oracle_sent``, ``oracle_residual`` (N,),
+    ``oracle_mask`` (N,) bool, ``oracle_k``.
     """
     beta1, beta2 = args.get("adam_beta1", 0.9), args.get("adam_beta2", 0.999)
     eps = args.get("adam_eps", 1e-8)
@@ -689,8 +710,9 @@ def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float]
         if call["step"] < args["warmup_steps"]:
             call["oracle_sent"], call["oracle_residual"], call["oracle_k"] = d, None, None
             continue
+        rate = learning_rates[call["step"]] if learning_rates is not None else 1.0
         accumulated = torch.cat([residual.get(p, torch.zeros(n, dtype=torch.float64))
-                                 for p, n in zip(positions, sizes, strict=True)]) + d  # (N,)
+                                 for p, n in zip(positions, sizes, strict=True)]) + rate * d  # (N,)
         mask, k = topk_mask(accumulated, sizes, args, densities.get(call["step"], args["ratio"]))
         call["oracle_sent"], call["oracle_mask"], call["oracle_k"] = torch.where(mask, accumulated, 0.0), mask, k
         call["oracle_residual"] = torch.where(mask, 0.0, accumulated)
@@ -732,3 +754,22 @@ def test_topk_local_adam_with_sgd_equals_adamw(results):
                 torch.testing.assert_close(hooked, plain, rtol=1e-10, atol=1e-12)
         start = make_model(torch.float64).parameters()
         assert not any(torch.equal(p, q) for p, q in zip(run["plain"], start, strict=True))  # it did train
+
+
+def test_topk_scale_by_lr_keeps_parameter_changes(results):
+    per_rank = [rank_result["scaled_by_lr"]["calls"] for rank_result in results]
+    for calls in per_rank:
+        local_adam_oracle(calls, SCALED_BY_LR, {}, LEARNING_RATES)
+    for rank_calls in zip(*per_rank, strict=True):
+        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,) parameter changes on sparse steps
+        for call in rank_calls:
+            rate = LEARNING_RATES[call["step"]]
+            if call["oracle_k"] is None:  # dense warm-up: Adam directions, as without scale_by_lr
+                torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
+                continue
+            # the optimizer's lr * output is exactly the averaged parameter change that was sent
+            torch.testing.assert_close(rate * call["output"], average, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
+    # what waits in the residual is in parameter units: at most the sum of lr_t * |d_t| (|d| about 1 here)
+    last = per_rank[0][-1]
+    assert 0 < last["new"].abs().max() < 3 * sum(LEARNING_RATES)

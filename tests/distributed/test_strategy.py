@@ -68,6 +68,8 @@ RESUMED = {
     "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor"}),
     "topk_normalized": ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor",
                                  "selection": "normalized"}),
+    # residuals in parameter units: the strategy hands the hook each step's learning rate
+    "topk_scale_by_lr": ("topk", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor", "scale_by_lr": True}),
     "powersgd": ("powersgd", {"warmup_steps": 2}),
 }
 
@@ -88,7 +90,8 @@ def lightning_worker(rank: int, world: int, out_dir: str) -> None:
         trainer, task = fit(hook, args, epochs=2, ckpt_path=path)
         resumed = [p.detach().clone() for p in task.parameters()]
         results[label] = {"uninterrupted": uninterrupted, "resumed": resumed, "summary": summary, "logged": logged,
-                         "hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
+                         "hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step,
+                         "learning_rate": getattr(trainer.strategy.hook_state, "learning_rate", None)}
     trainer, _ = fit("int8", {}, epochs=1, accumulate=2)
     results["accumulate"] = {"hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
     torch.save(results, f"{out_dir}/{rank}.pt")
@@ -116,6 +119,13 @@ def test_resumed_fit_continues_exactly(lightning_results, hook):
             else:
                 assert torch.equal(expected, resumed)
     assert torch.equal(results[0][hook]["resumed"][0], results[1][hook]["resumed"][0])  # replicas agree
+
+
+def test_strategy_hands_the_learning_rate_to_scale_by_lr(lightning_results):
+    _, results = lightning_results
+    for rank_result in results:
+        assert rank_result["topk_scale_by_lr"]["learning_rate"] == 0.1  # TinyTask's SGD learning rate
+        assert rank_result["topk"]["learning_rate"] is None  # set only when the hook asks for it
 
 
 def test_bytes_and_compression_are_logged(lightning_results):

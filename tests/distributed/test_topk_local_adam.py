@@ -45,6 +45,8 @@ def test_config_needs_sgd_without_momentum(one_rank_group):
     with pytest.raises(ValueError, match=r"momentum=0.9 .* \(now model.optimizer=sgd, model.momentum=0.9\)"):
         build_strategy(compose_recipe("progressive", [*LOCAL_ADAM[:-1], "+comm_hook_args.momentum=0.9",
                                                       "model.optimizer=sgd"]))
+    with pytest.raises(ValueError, match=r"scale_by_lr=true .* \(now model.optimizer=adamw"):
+        build_strategy(compose_recipe("progressive", [*LOCAL_ADAM[:-1], "+comm_hook_args.scale_by_lr=true"]))
     cfg = compose_recipe("progressive", [*LOCAL_ADAM, "model.optimizer=sgd", "model.momentum=0"])
     strategy = build_strategy(cfg)
     state, _ = make_comm_hook(strategy.comm_hook, nn.Linear(4, 4), None, strategy.comm_hook_args)
