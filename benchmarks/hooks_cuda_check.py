@@ -21,7 +21,6 @@ import fusion.distributed.int8
 import fusion.distributed.topk
 from fusion.distributed.registry import make_comm_hook
 
-SGD_ONLY = {"momentum": 0.0}
 # label -> (hook, hook args, optimizer: "sgd" (momentum 0.9), "plain_sgd" (no momentum) or "adamw")
 CONFIGS = {
     "allreduce": ("allreduce", {}, "adamw"),

@@ -10,6 +10,8 @@ process would have computed over the whole split, and every process ends up with
 import torch
 import torch.distributed as dist
 
+from fusion.alignment.gather import is_distributed
+
 
 class EpochMeans:
     """Accumulates ``value`` weighted by ``count`` per name; :meth:`compute` reduces and starts over."""
@@ -33,7 +35,7 @@ class EpochMeans:
         ``device``: where the reduced tensor lives (the process's CUDA device under NCCL).
         """
         names = sorted(self._sums)
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
         if distributed:
             gathered: list[list[str] | None] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, names)

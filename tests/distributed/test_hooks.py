@@ -627,34 +627,40 @@ def calls_with_oracle(results: list[dict], label: str, scenarios: dict, oracle) 
     return args, steps, densities, per_rank
 
 
+def calls_and_oracle_averages(per_rank: list[list[dict]]):
+    """Yields (call, mean over ranks of what the oracle says each rank sent (N,)) for every recorded call."""
+    for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
+        assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
+        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,)
+        for call in rank_calls:
+            yield call, average
+
+
 @pytest.mark.parametrize("label", list(MOMENTUM))
 def test_topk_momentum_correction_matches_dgc_oracle(results, label):
     args, steps, densities, per_rank = calls_with_oracle(results, label, MOMENTUM, momentum_oracle)
     assert len(per_rank[0]) == len(per_rank[1])
     sparse_steps = set()
-    for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
-        assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
-        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,)
-        for call in rank_calls:
-            torch.testing.assert_close(call["output"], average, rtol=1e-12, atol=1e-15)
-            assert torch.equal(call["velocity_new"], call["oracle_velocity"])
-            if call["oracle_k"] is None:  # dense: the velocity itself went out, nothing was kept back
-                assert call["new"] is None
-                continue
-            sparse_steps.add(call["step"])
-            assert torch.equal(call["new"], call["oracle_residual"])
-            mask = call["oracle_mask"]
-            assert int(mask.sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
-            # momentum factor masking: the sent entries' residual and velocity are zero, the rest keeps u and r
-            assert torch.all(call["new"][mask] == 0)
-            masking = args.get("momentum_masking", True)
-            assert torch.all(call["velocity_new"][mask] == 0) == masking
-            assert torch.any(call["velocity_new"][~mask] != 0) and torch.any(call["new"][~mask] != 0)
-            # error feedback in terms of u: what was sent + what is kept = old residual + m * old velocity + g
-            old_velocity = call["velocity_old"] if call["velocity_old"] is not None else 0.0
-            old_residual = call["old"] if call["old"] is not None else 0.0
-            accumulated = old_residual + (old_velocity * args["momentum"] + call["input"])
-            assert torch.equal(call["oracle_sent"] + call["new"], accumulated)
+    for call, average in calls_and_oracle_averages(per_rank):
+        torch.testing.assert_close(call["output"], average, rtol=1e-12, atol=1e-15)
+        assert torch.equal(call["velocity_new"], call["oracle_velocity"])
+        if call["oracle_k"] is None:  # dense: the velocity itself went out, nothing was kept back
+            assert call["new"] is None
+            continue
+        sparse_steps.add(call["step"])
+        assert torch.equal(call["new"], call["oracle_residual"])
+        mask = call["oracle_mask"]
+        assert int(mask.sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
+        # momentum factor masking: the sent entries' residual and velocity are zero, the rest keeps u and r
+        assert torch.all(call["new"][mask] == 0)
+        masking = args.get("momentum_masking", True)
+        assert torch.all(call["velocity_new"][mask] == 0) == masking
+        assert torch.any(call["velocity_new"][~mask] != 0) and torch.any(call["new"][~mask] != 0)
+        # error feedback in terms of u: what was sent + what is kept = old residual + m * old velocity + g
+        old_velocity = call["velocity_old"] if call["velocity_old"] is not None else 0.0
+        old_residual = call["old"] if call["old"] is not None else 0.0
+        accumulated = old_residual + (old_velocity * args["momentum"] + call["input"])
+        assert torch.equal(call["oracle_sent"] + call["new"], accumulated)
     assert sparse_steps == set(range(args["warmup_steps"], steps))
     # the velocity carried momentum into the sparse steps
     assert any(c["velocity_old"] is not None and c["velocity_old"].abs().max() > 0 for c in per_rank[0]
@@ -724,19 +730,16 @@ def local_adam_oracle(calls: list[dict], args: dict, densities: dict[int, float]
 def test_topk_local_adam_matches_oracle(results, label):
     args, steps, _, per_rank = calls_with_oracle(results, label, LOCAL_ADAM, local_adam_oracle)
     sparse_steps = set()
-    for rank_calls in zip(*per_rank, strict=True):  # the same bucket of the same step on every rank
-        assert len({(c["step"], c["positions"]) for c in rank_calls}) == 1
-        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,)
-        for call in rank_calls:
-            torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(call["adam_new"][0], call["oracle_first"], rtol=1e-10, atol=1e-12)
-            if call["oracle_k"] is None:  # dense: the whole direction went out, nothing was kept back
-                assert call["new"] is None
-                continue
-            sparse_steps.add(call["step"])
-            torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
-            assert int(call["oracle_mask"].sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
-            assert torch.all(call["new"][call["oracle_mask"]] == 0) and torch.any(call["new"] != 0)
+    for call, average in calls_and_oracle_averages(per_rank):
+        torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(call["adam_new"][0], call["oracle_first"], rtol=1e-10, atol=1e-12)
+        if call["oracle_k"] is None:  # dense: the whole direction went out, nothing was kept back
+            assert call["new"] is None
+            continue
+        sparse_steps.add(call["step"])
+        torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
+        assert int(call["oracle_mask"].sum()) == call["oracle_k"]  # exactly k values per rank (per tensor)
+        assert torch.all(call["new"][call["oracle_mask"]] == 0) and torch.any(call["new"] != 0)
     assert sparse_steps == set(range(args["warmup_steps"], steps))
     if label == "topk_local_adam":  # what goes out is Adam's direction, not the gradient: at step 0 d = g / |g|
         first = next(c for c in per_rank[0] if c["step"] == 0)
@@ -760,16 +763,14 @@ def test_topk_scale_by_lr_keeps_parameter_changes(results):
     per_rank = [rank_result["scaled_by_lr"]["calls"] for rank_result in results]
     for calls in per_rank:
         local_adam_oracle(calls, SCALED_BY_LR, {}, LEARNING_RATES)
-    for rank_calls in zip(*per_rank, strict=True):
-        average = sum(c["oracle_sent"] for c in rank_calls) / WORLD  # (N,) parameter changes on sparse steps
-        for call in rank_calls:
-            rate = LEARNING_RATES[call["step"]]
-            if call["oracle_k"] is None:  # dense warm-up: Adam directions, as without scale_by_lr
-                torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
-                continue
-            # the optimizer's lr * output is exactly the averaged parameter change that was sent
-            torch.testing.assert_close(rate * call["output"], average, rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
+    for call, average in calls_and_oracle_averages(per_rank):
+        rate = LEARNING_RATES[call["step"]]
+        if call["oracle_k"] is None:  # dense warm-up: Adam directions, as without scale_by_lr
+            torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
+            continue
+        # the optimizer's lr * output is exactly the averaged parameter change that was sent
+        torch.testing.assert_close(rate * call["output"], average, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(call["new"], call["oracle_residual"], rtol=1e-10, atol=1e-12)
     # what waits in the residual is in parameter units: at most the sum of lr_t * |d_t| (|d| about 1 here)
     last = per_rank[0][-1]
     assert 0 < last["new"].abs().max() < 3 * sum(LEARNING_RATES)
