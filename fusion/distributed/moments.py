@@ -1,6 +1,6 @@
 """Running means of each gradient entry (or of its square), kept through DDP bucket rebuilds and checkpoints.
 
-Used by top-k's ``selection="normalized"`` (squares) and ``local_adam`` (both moments). Per entry, with the
+Used by the ``local_adam`` hook (both of Adam's moments). Per entry, with the
 local gradient g, decay beta and power p (1 or 2): ``mean_t = beta * mean_(t-1) + (1 - beta) * g_t ** p`` and,
 bias-corrected as in Adam (Kingma & Ba 2015), ``mean_t / (1 - beta ** t)`` (for p = 2 its square root is the
 entry's gradient RMS). The means live in a :class:`ResidualStore` (flat per bucket, per

@@ -4,8 +4,8 @@ DDP reduces gradients in flat buckets whose layout changes after the first itera
 from one large bucket when a run is resumed). The residual of each bucket is therefore kept flat while
 the layout is stable, and re-sliced per parameter whenever it changes, so no error is lost or misplaced.
 Checkpoints store it per parameter (index into ``module.parameters()``), independent of the layout.
-The same store keeps other per-parameter hook memory (e.g. top-k's running squared-gradient means), also with
-one value per parameter instead of one per gradient entry.
+The same store keeps other per-parameter hook memory (e.g. local Adam's moments), also with one value per
+parameter (their bias-correction weights) instead of one per gradient entry.
 """
 
 from collections.abc import Collection

@@ -2,20 +2,23 @@
 
 Lightning's own ``DDPStrategy`` registers comm hooks only on CUDA and keeps no hook state in checkpoints.
 :class:`CompressedDDPStrategy` registers on any device, logs wire bytes and the compression ratio against
-an fp32 all-reduce every optimizer step (``comm/bytes_per_step``, ``comm/compression``), and stores every
+an fp32 all-reduce every optimizer step (``comm/bytes_per_step``, ``comm/compression``), stores every
 rank's hook state (error-feedback residuals, PowerSGD memory, step counter) in full checkpoints so a
-resumed run continues exactly.
+resumed run continues exactly, and refuses an optimizer or device the hook declares it cannot work with.
 """
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import lightning as L
+import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
 from fusion.distributed.base import HookState
-from fusion.distributed.registry import check_hook, make_comm_hook
+from fusion.distributed.registry import hook_options, make_comm_hook, state_class
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +28,23 @@ CHECKPOINT_KEY = "comm_hook"
 class CompressedDDPStrategy(DDPStrategy):
     """``DDPStrategy`` with a gradient-compression communication hook.
 
+    When training starts it checks what the hook declares (:class:`~fusion.distributed.base.HookState`): the
+    optimizer it needs (local Adam: plain SGD without momentum) and the devices it may run on, and raises
+    ValueError naming the settings to change.
+
     Args:
-        comm_hook: allreduce|fp16|bf16|int8|topk|powersgd (see :mod:`fusion.distributed.registry`).
-        comm_hook_args: options of that hook, e.g. ``{"ratio": 0.001, "warmup_steps": 50}``.
+        comm_hook: a name of :data:`fusion.distributed.registry.HOOK_NAMES` (allreduce|fp16|bf16|int8|topk|
+            powersgd|local_adam).
+        comm_hook_args: options of that hook, e.g. ``{"ratio": 0.001, "warmup_steps": 50}`` (missing ones:
+            the hook's defaults).
         **kwargs: passed to ``DDPStrategy`` (``find_unused_parameters``, ``start_method``, ...).
     """
 
-    def __init__(self, comm_hook: str, comm_hook_args: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        check_hook(comm_hook, comm_hook_args)
+    def __init__(self, comm_hook: str, comm_hook_args: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        options = hook_options(comm_hook, comm_hook_args)
         super().__init__(**kwargs)
         self.comm_hook = comm_hook
-        self.comm_hook_args = dict(comm_hook_args or {})
+        self.comm_hook_args = options  # every option, defaults included (stored in checkpoints as "args")
         self.hook_state: HookState | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -47,15 +56,10 @@ class CompressedDDPStrategy(DDPStrategy):
             self._pending_state = None
         self.model.register_comm_hook(self.hook_state, hook)
 
-    def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Hands the step's learning rate to a hook that scales its residuals by it (top-k ``scale_by_lr``)."""
-        if getattr(self.hook_state, "scale_by_lr", False):
-            rates = {group["lr"] for optimizer in self.optimizers for group in optimizer.param_groups}
-            if len(rates) != 1:
-                raise ValueError(f"comm_hook_args.scale_by_lr needs one learning rate for every parameter, got "
-                                 f"{sorted(rates)}")
-            self.hook_state.learning_rate = float(rates.pop())
-        return super().training_step(*args, **kwargs)
+    def setup_optimizers(self, trainer: "L.Trainer") -> None:
+        """Sets up the optimizers, then checks them and the device against what the hook declares."""
+        super().setup_optimizers(trainer)
+        check_hook_needs(self.comm_hook, self.optimizers, self.root_device)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
         output = super().optimizer_step(*args, **kwargs)
@@ -94,7 +98,7 @@ class CompressedDDPStrategy(DDPStrategy):
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
             return checkpoint
-        if saved["name"] != self.comm_hook:
+        if saved_hook_name(saved) != self.comm_hook:
             log.warning("checkpoint was trained with comm_hook=%s, now %s: hook state not restored",
                         saved["name"], self.comm_hook)
         elif saved["world_size"] != self.world_size:
@@ -109,32 +113,73 @@ class CompressedDDPStrategy(DDPStrategy):
         return checkpoint
 
 
-def build_strategy(comm_hook: str, comm_hook_args: dict[str, Any] | None, strategy: Any) -> Any:
-    """What to pass as ``lightning.Trainer(strategy=...)`` for the config's ``comm_hook``.
+def saved_hook_name(saved: Mapping[str, Any]) -> str:
+    """The hook a checkpoint's hook state belongs to (top-k saved with ``local_adam`` is now ``local_adam``)."""
+    if saved["name"] == "topk" and (saved.get("args") or {}).get("local_adam") is True:
+        return "local_adam"
+    return saved["name"]
+
+
+def _describe(optimizer: torch.optim.Optimizer) -> str:
+    if isinstance(optimizer, torch.optim.SGD):
+        group = optimizer.param_groups[0]
+        return f"{type(optimizer).__name__} with momentum={group.get('momentum')}"
+    return type(optimizer).__name__
+
+
+def check_hook_needs(comm_hook: str, optimizers: Iterable[torch.optim.Optimizer], device: torch.device) -> None:
+    """Raises ValueError if hook ``comm_hook`` cannot train on ``device`` or with one of ``optimizers``.
+
+    The hook's state class declares both (``devices``, ``required_optimizer``); the message names the
+    settings to change.
+    """
+    state = state_class(comm_hook)
+    if state.devices is not None and torch.device(device).type not in state.devices:
+        raise ValueError(f"comm_hook={comm_hook} is experimental and runs on {'/'.join(state.devices)} only for now "
+                         f"(see {state.__module__}), not on {device}: use trainer.accelerator="
+                         f"{state.devices[0]}, or another comm_hook")
+    need = state.required_optimizer
+    if need is None:
+        return
+    for optimizer in optimizers:
+        if not need.accepts(optimizer):
+            raise ValueError(f"comm_hook={comm_hook} needs {need.description}: set {need.settings} (the "
+                             f"LightningModule's optimizer is {_describe(optimizer)})")
+
+
+def build_strategy(comm_hook: Mapping[str, Any] | str | None, strategy: Any) -> Any:
+    """What to pass as ``lightning.Trainer(strategy=...)`` for the config's ``comm_hook`` group.
 
     Args:
-        comm_hook: none|allreduce|fp16|bf16|int8|topk|powersgd.
-        comm_hook_args: options of the hook (ignored for "none").
+        comm_hook: the resolved ``comm_hook`` config, ``{"name": "topk", "ratio": 0.01, ...}`` (recipes/comm_hook/
+            <name>.yaml), or just a name; "none", ``{"name": "none"}`` or None: no hook.
         strategy: the user's ``trainer.strategy``: a registered DDP name ("ddp", "ddp_spawn",
             "ddp_find_unused_parameters_true", ...), a ``DDPStrategy`` instance, or "auto" (taken as "ddp").
 
     Returns:
-        ``strategy`` unchanged for "none", else a :class:`CompressedDDPStrategy`.
+        ``strategy`` unchanged for no hook, else a :class:`CompressedDDPStrategy`.
 
     Raises:
-        ValueError: unknown hook or hook argument, or a hook requested with a non-DDP strategy.
+        ValueError: unknown hook, option or option value, or a hook requested with a non-DDP strategy.
     """
-    if comm_hook in (None, "none"):
+    if comm_hook is None or isinstance(comm_hook, str):
+        name, args = comm_hook, {}
+    else:
+        args = dict(comm_hook)
+        name = args.pop("name", None)
+        if name is None:
+            raise ValueError(f"comm_hook needs a name (comm_hook=none|topk|...), got {dict(comm_hook)}")
+    if name in (None, "none"):
         return strategy
-    check_hook(comm_hook, comm_hook_args)
+    hook_options(name, args)  # raises for an unknown hook, option or value before any process starts
     if type(strategy) in (DDPStrategy, CompressedDDPStrategy):  # subclasses such as DeepSpeed are not DDP
         kwargs = dict(strategy._ddp_kwargs, start_method=strategy._start_method,
                       process_group_backend=strategy._process_group_backend, timeout=strategy._timeout)
-        return CompressedDDPStrategy(comm_hook, comm_hook_args, **kwargs)
+        return CompressedDDPStrategy(name, args, **kwargs)
     if strategy == "auto":
         strategy = "ddp"
     entry = StrategyRegistry[strategy] if isinstance(strategy, str) and strategy in StrategyRegistry else None
     if entry is None or entry["strategy"] is not DDPStrategy:
-        raise ValueError(f"comm_hook={comm_hook} needs a DDP strategy (trainer.strategy=ddp, ddp_spawn, ...), "
+        raise ValueError(f"comm_hook={name} needs a DDP strategy (trainer.strategy=ddp, ddp_spawn, ...), "
                          f"got trainer.strategy={strategy!r}")
-    return CompressedDDPStrategy(comm_hook, comm_hook_args, **entry["init_params"])
+    return CompressedDDPStrategy(name, args, **entry["init_params"])
