@@ -27,7 +27,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from torch import nn
 
-from fusion.checkpoint_io import AsyncAtomicCheckpointIO, AtomicCheckpointIO
+from fusion.runtime.checkpoints import AsyncAtomicCheckpointIO, AtomicCheckpointIO
 
 
 def build_model(params_m: float, width: int, device: str) -> nn.Module:

@@ -32,10 +32,10 @@ from torchvision import transforms
 
 from fusion.alignment.loss import ContrastiveLoss
 from fusion.alignment.projection import ProjectionHead
+from fusion.alignment.retrieval import match_ranks, recall_at_k
 from fusion.data.tokenizer import build_tokenizer
 from fusion.encoders.image import ImageEncoder
 from fusion.encoders.text import TextEncoder, masked_mean
-from fusion.eval.retrieval import match_ranks, recall_at_k
 
 KS = (1, 5, 10)
 
@@ -94,7 +94,7 @@ class ImageTower(nn.Module):
 
 
 def retrieval(image_z: torch.Tensor, text_z: torch.Tensor, caption_owner: torch.Tensor) -> dict[str, float]:
-    """image->text (any own caption matches) and text->image R@k and median rank.
+    """image->text (any own caption matches) and text->image Rk and median rank.
 
     Args:
         image_z: (I, D) image embeddings.
@@ -112,7 +112,7 @@ def retrieval(image_z: torch.Tensor, text_z: torch.Tensor, caption_owner: torch.
 
 
 def chance(caption_owner: torch.Tensor, n_images: int) -> dict[str, float]:
-    """Exact expected R@k of a random ranking for the same galleries."""
+    """Exact expected Rk of a random ranking for the same galleries."""
     n_texts = caption_owner.numel()
     out = {}
     per_image = torch.bincount(caption_owner, minlength=n_images).tolist()
@@ -124,8 +124,8 @@ def chance(caption_owner: torch.Tensor, n_images: int) -> dict[str, float]:
             for j in range(min(k, n_texts)):
                 p *= max(0.0, (n_texts - m - j) / (n_texts - j))
             misses.append(p)
-        out[f"image_to_text/R@{k}"] = 1.0 - sum(misses) / len(misses)
-        out[f"text_to_image/R@{k}"] = min(k, n_images) / n_images
+        out[f"image_to_text/R{k}"] = 1.0 - sum(misses) / len(misses)
+        out[f"text_to_image/R{k}"] = min(k, n_images) / n_images
     return out
 
 

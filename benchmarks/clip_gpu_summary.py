@@ -2,7 +2,7 @@
 
     python benchmarks/clip_gpu_summary.py OUT
 
-Per data set: every retrieval direction (instance and class level R@1/5/10, median ranks), matched vs
+Per data set: every retrieval direction (instance and class level R1/5/10, median ranks), matched vs
 unmatched 768-d cosine per pair, zero-shot accuracies, the validation curve of the clip run, the
 supervised audio-only baseline, and the fusion fine-tuning curves (val/acc per epoch, aligned vs scratch,
 with the first epoch reaching 98 % of the best value either run reached). Missing runs are reported as
@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_finetune_curves import first_reaching, read_curve  # noqa: E402
 
-BUILTIN_TARGET = 0.95  # audio->image class R@1 on the built-in set
-TEXT_IMAGE_TARGET = 0.99  # text->image class R@1 on MNIST+FSDD
-BASELINE_MARGIN = 0.02  # audio->image class R@1 may trail the supervised audio-only accuracy by this much
+BUILTIN_TARGET = 0.95  # audio->image class R1 on the built-in set
+TEXT_IMAGE_TARGET = 0.99  # text->image class R1 on MNIST+FSDD
+BASELINE_MARGIN = 0.02  # audio->image class R1 may trail the supervised audio-only accuracy by this much
 
 
 def load_run(run: Path) -> dict | None:
@@ -34,7 +34,7 @@ def load_run(run: Path) -> dict | None:
 
 def epochs_run(run: Path) -> int | None:
     """Number of epochs with a validation result in the run's CSV log."""
-    for metric in ("val/class_R@1", "val/acc"):
+    for metric in ("val/class_R1", "val/acc"):
         try:
             return len(read_curve(run, metric))
         except (FileNotFoundError, ValueError):
@@ -54,7 +54,7 @@ def clip_section(run: Path) -> dict:
     section["zero_shot"] = {key: value for key, value in sorted(metrics.items()) if key.startswith("zero_shot")}
     section["mean"] = {key: value for key, value in sorted(metrics.items()) if key.startswith("mean/")}
     try:
-        section["val_class_R@1_per_epoch"] = read_curve(run, "val/class_R@1")
+        section["val_class_R1_per_epoch"] = read_curve(run, "val/class_R1")
     except (FileNotFoundError, ValueError):
         pass
     return section
@@ -89,19 +89,19 @@ def finetune_section(scratch: Path, aligned: Path, metric: str = "val/acc") -> d
 def acceptance(summary: dict) -> list[dict]:
     rows = []
     builtin = summary["builtin"]["clip"].get("directions", {})
-    if "audio_to_image/class_R@1" in builtin:
-        value = builtin["audio_to_image/class_R@1"]
-        rows.append({"check": "built-in audio->image class R@1 >= 0.95", "value": value,
+    if "audio_to_image/class_R1" in builtin:
+        value = builtin["audio_to_image/class_R1"]
+        rows.append({"check": "built-in audio->image class R1 >= 0.95", "value": value,
                      "met": value >= BUILTIN_TARGET})
     real = summary["mnist_fsdd"]["clip"].get("directions", {})
     baseline = summary["mnist_fsdd"].get("audio_only_test_acc")
-    if "audio_to_image/class_R@1" in real and baseline is not None:
-        value = real["audio_to_image/class_R@1"]
-        rows.append({"check": "MNIST+FSDD audio->image class R@1 >= audio-only acc - 0.02", "value": value,
+    if "audio_to_image/class_R1" in real and baseline is not None:
+        value = real["audio_to_image/class_R1"]
+        rows.append({"check": "MNIST+FSDD audio->image class R1 >= audio-only acc - 0.02", "value": value,
                      "baseline": baseline, "met": value >= baseline - BASELINE_MARGIN})
-    if "text_to_image/class_R@1" in real:
-        value = real["text_to_image/class_R@1"]
-        rows.append({"check": "MNIST+FSDD text->image class R@1 >= 0.99", "value": value,
+    if "text_to_image/class_R1" in real:
+        value = real["text_to_image/class_R1"]
+        rows.append({"check": "MNIST+FSDD text->image class R1 >= 0.99", "value": value,
                      "met": value >= TEXT_IMAGE_TARGET})
     for data in ("builtin", "mnist_fsdd"):
         ft = summary[data].get("finetune", {})
@@ -140,8 +140,8 @@ def main() -> None:
         print(f"[{'met' if row['met'] else 'NOT met'}] {row['check']}: {json.dumps(detail)}")
     for data in ("builtin", "mnist_fsdd"):
         directions = summary[data]["clip"].get("directions", {})
-        class_r1 = {k.split("/")[0]: round(v, 4) for k, v in directions.items() if k.endswith("/class_R@1")}
-        print(f"{data} class R@1: {json.dumps(class_r1)}")
+        class_r1 = {k.split("/")[0]: round(v, 4) for k, v in directions.items() if k.endswith("/class_R1")}
+        print(f"{data} class R1: {json.dumps(class_r1)}")
         print(f"{data} cosines: {json.dumps({k: round(v, 4) for k, v in summary[data]['clip'].get('cosine_768d', {}).items()})}")
     print(f"wrote {out / 'summary.json'}")
 

@@ -3,7 +3,7 @@
     python benchmarks/clip_report.py checkpoints/clip/builtin [--baseline checkpoints/late/audio_only]
 
 With ``--baseline`` (a classification run folder), its ``test/acc`` is printed next to the class-level
-R@1 of every direction, e.g. to compare audio->image retrieval with a supervised audio-only classifier.
+R1 of every direction, e.g. to compare audio->image retrieval with a supervised audio-only classifier.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ def main() -> None:
     directions = sorted(
         {k[len("test/") :].split("/")[0] for k in m if "_to_" in k and not k.startswith("test/mean")}
     )
-    print("| direction | R@1 | R@5 | R@10 | median rank | class R@1 | class R@5 | class median rank |")
+    print("| direction | R1 | R5 | R10 | median rank | class R1 | class R5 | class median rank |")
     print("|---|---|---|---|---|---|---|---|")
     for d in directions:
         v = {key.split("/")[-1]: value for key, value in m.items() if key.startswith(f"test/{d}/")}
         print(
-            f"| {d.replace('_to_', ' → ')} | {v['R@1']:.3f} | {v['R@5']:.3f} | {v['R@10']:.3f} | "
-            f"{v['median_rank']:.0f} | {v['class_R@1']:.3f} | {v['class_R@5']:.3f} | {v['class_median_rank']:.0f} |"
+            f"| {d.replace('_to_', ' → ')} | {v['R1']:.3f} | {v['R5']:.3f} | {v['R10']:.3f} | "
+            f"{v['median_rank']:.0f} | {v['class_R1']:.3f} | {v['class_R5']:.3f} | {v['class_median_rank']:.0f} |"
         )
     pairs = sorted({k[len("test/") :].split("/")[0] for k in m if k.endswith("/matched_cos")})
     print("\n| pair | matched cosine | unmatched cosine |\n|---|---|---|")

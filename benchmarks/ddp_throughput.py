@@ -93,8 +93,8 @@ def build(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
         import torchvision
 
         return ClassifierNet(torchvision.models.resnet50(num_classes=1000), multimodal=False), (3, 128, 128)
+    from fusion.fusions.model import FusionModel
     from fusion.fusions.progressive import ProgressiveFusion
-    from fusion.model import FusionModel
 
     backbone, shape = ("resnet50", (3, 128, 128)) if name.endswith("-r50") else ("cnn", (1, 32, 32))
     encoders = recipe_encoders(backbone, shape[0])

@@ -29,7 +29,7 @@ def half(data: dict) -> dict:
 
 def dump_group(runs: list[str]) -> dict[str, dict]:
     sys.path.insert(0, str(REPO))
-    from fusion.checkpoints import load_checkpoint_file
+    from fusion.runtime.checkpoints import load_checkpoint_file
     from fusion.tasks.cross_fit import DECISIONS_FILE, collect_decisions, merge_decisions
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

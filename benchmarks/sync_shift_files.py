@@ -2,7 +2,7 @@
 
 Unlike the evaluation (offsets injected into cached features), this writes real MP4 files (MPEG-4 video, AAC
 audio) whose audio stream starts ``shift`` ms late (positive) or whose first ``-shift`` ms of audio are cut
-(negative), and runs the same path as ``python -m fusion.temporal.estimate`` on them.
+(negative), and runs the same path as ``python -m fusion.eval.sync_estimate`` on them.
 
     python benchmarks/sync_shift_files.py --ckpt checkpoints/sync/<run> --video-dir ../shared/data/grid/video \
         --clips 10 --shifts=-400,-200,-120,0,120,200,400 --out /tmp/sync_shift
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fusion.data.video_io import read_video
-from fusion.temporal.estimate import estimate_file, load_sync_model, plot_path
+from fusion.eval.sync_estimate import estimate_file, load_sync_model, plot_path
 
 
 def write_shifted(source: Path, target: Path, shift_ms: float) -> None:

@@ -1,18 +1,19 @@
-"""Shared fixtures: tiny generated data, the real-data folder, and Hydra composition of recipes."""
+"""Shared fixtures: tiny generated data and the real-data folder (helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# data and caches of the tests stay out of the user's FUSION_HOME
+os.environ.setdefault("FUSION_HOME", tempfile.mkdtemp(prefix="fusion-tests-"))
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +31,3 @@ def realdata() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} not found (set FUSION_REALDATA)")
     return path
-
-
-def compose_recipe(recipe: str, overrides: list[str] | None = None):
-    """Composes recipes/config.yaml with `recipe=<recipe>` and overrides, as train.py would."""
-    with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-        return compose("config", overrides=[f"recipe={recipe}", *(overrides or [])])

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fusion.best_checkpoint import LatestOnTiesCheckpoint
-from fusion.checkpoints import load_checkpoint_file
+from fusion.runtime.checkpoints import LatestOnTiesCheckpoint, load_checkpoint_file
 
 
 class ScriptedScore(L.LightningModule):

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import logging
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile
 from PIL import Image, ImageDraw, ImageFilter
+
+from fusion.files import atomic_directory, fusion_home
+
+log = logging.getLogger(__name__)
 
 VERSION = "3"
 IMAGE_CORRUPT_P = 0.25  # share of images made unreliable (occluded + heavy noise)
@@ -72,9 +74,8 @@ _EMPTY_CAPTIONS = ["a blurry picture", "someone speaking", "a digit", "a short c
 
 
 def default_root() -> Path:
-    """Where the built-in set lives: `datasets/digits` of the repository (or $FUSION_DATASETS/digits)."""
-    base = os.environ.get("FUSION_DATASETS")
-    return Path(base) / "digits" if base else Path(__file__).resolve().parents[2] / "datasets" / "digits"
+    """Where the built-in set lives: `$FUSION_HOME/datasets/digits` (see `fusion.files.fusion_home`)."""
+    return fusion_home() / "datasets" / "digits"
 
 
 def ensure_builtin_digits(root: str | Path | None = None, n_train: int = 3000, n_val: int = 500,
@@ -93,16 +94,10 @@ def ensure_builtin_digits(root: str | Path | None = None, n_train: int = 3000, n
 
 
 def _generate_atomically(root: Path, tag: str, n_train: int, n_val: int, n_test: int, seed: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root.parent))
-    try:
+    log.info("generating the built-in digits set (%d/%d/%d rows) in %s", n_train, n_val, n_test, root)
+    with atomic_directory(root) as tmp:
         _generate(tmp, n_train, n_val, n_test, seed)
         (tmp / "VERSION").write_text(tag + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _generate(out: Path, n_train: int, n_val: int, n_test: int, seed: int) -> None:

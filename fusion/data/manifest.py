@@ -17,6 +17,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion.errors import UserError
+
 MODALITIES = ("audio", "image", "text", "video")
 FILE_MODALITIES = ("audio", "image", "video")
 SPLITS = ("train", "val", "test")
@@ -37,7 +39,7 @@ class Problem:
         return f"{where}{file}: {self.message}"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """Raised with every problem of a manifest listed, one per line."""
 
     def __init__(self, manifest: str | Path, problems: list[Problem]):

@@ -8,10 +8,12 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 
+from fusion.errors import UserError
+
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 
 
-class MediaError(ValueError):
+class MediaError(UserError, ValueError):
     """A media file could not be decoded; the message names the file."""
 
     def __init__(self, path: str, reason: str):

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.video_io import DEFAULT_MOUTH_BOX, load_sync_clip
+from fusion.files import atomic_write, fusion_home
 from fusion.temporal.offsets import (
     inject_offset,
     offsets_to_states,
@@ -25,7 +26,6 @@ from fusion.temporal.offsets import (
 )
 
 VIDEO_EXTENSIONS = (".mpg", ".mpeg", ".mp4", ".avi", ".mov", ".mkv", ".webm")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def window_item(clip: dict, offsets: torch.Tensor, start: int, max_offset: int, subframes: int,
@@ -99,7 +99,7 @@ class SyncDataModule(L.LightningDataModule):
 
     Args:
         video_dir: folder with the video files (searched recursively).
-        cache_dir: where decoded clips are cached (default: <repo>/datasets/cache/sync).
+        cache_dir: where decoded clips are cached (default: $FUSION_HOME/cache/sync).
         num_test: clips held out for testing (seeded split of the sorted file list).
         num_val: clips held out for checkpoint selection.
         split_seed: seed of the split.
@@ -135,7 +135,7 @@ class SyncDataModule(L.LightningDataModule):
         if max_offset < 1 or window < 2:
             raise ValueError(f"data.max_offset ({max_offset}) must be >= 1 and data.window ({window}) >= 2")
         self.video_dir = Path(video_dir).expanduser() if video_dir else None
-        self.cache_dir = Path(cache_dir) if cache_dir else REPO_ROOT / "datasets" / "cache" / "sync"
+        self.cache_dir = Path(cache_dir) if cache_dir else fusion_home() / "cache" / "sync"
         self.num_test, self.num_val, self.split_seed = num_test, num_val, split_seed
         self.max_offset, self.window = max_offset, window
         self.drift_fraction, self.min_drift, self.max_drift = drift_fraction, min_drift, max_drift
@@ -183,10 +183,8 @@ class SyncDataModule(L.LightningDataModule):
                 continue
             clips.append({"name": path.stem, "path": str(path), "mouth": clip["mouth"],
                           "audio": clip["audio"].half(), "fps": clip["fps"]})
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"clips": clips, "problems": problems}, tmp)
-        tmp.replace(cache)
+        with atomic_write(cache, "wb") as f:
+            torch.save({"clips": clips, "problems": problems}, f)
         return clips, problems
 
     def prepare(self, run_dir: str | Path | None = None) -> None:

@@ -6,16 +6,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-
-def to_device(value: object, device: torch.device | str) -> object:
-    """Moves every tensor inside a (nested) batch dict/list to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {key: to_device(item, device) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(to_device(item, device) for item in value)
-    return value
+from fusion.data.batches import to_device
 
 
 def batch_size_of(batch: dict) -> int:

@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fusion.eval.accuracy import classification_metrics, predict, to_device
-from fusion.eval.batches import concat_batches, take_batch
+from fusion.data.batches import concat_batches, take_batch, to_device
+from fusion.eval.accuracy import classification_metrics, predict
 from fusion.eval.cost import count_flops, count_parameters, peak_memory_bytes, tensor_bytes
 from fusion.eval.latency import measure_latency, measure_throughput, print_now
 from fusion.eval.variants import VARIANT_NAMES, build_variants

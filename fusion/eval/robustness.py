@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from fusion.data.batches import select_rows
 from fusion.eval.accuracy import classification_metrics, predict
-from fusion.eval.batches import select_rows
 
 DEFAULT_NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

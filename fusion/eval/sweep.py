@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fusion.eval.batches import concat_batches, slice_batch
+from fusion.data.batches import concat_batches, slice_batch
 from fusion.eval.benchmark import evaluate_model, machine_info
 from fusion.eval.latency import fix_threads, print_now
 from fusion.eval.report import write_report

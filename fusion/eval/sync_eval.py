@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from fusion.data.sync_data import SyncDataModule
+from fusion.eval.sync_estimate import load_sync_model
 from fusion.temporal.baseline import estimate_offset_xcorr
-from fusion.temporal.estimate import load_sync_model
 from fusion.temporal.metrics import clip_offsets, sync_report
 
 SPEC_DATA_KEYS = ("max_offset", "window", "sample_rate", "n_mels", "subframes", "crop_size", "mouth_box")

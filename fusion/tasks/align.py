@@ -11,7 +11,7 @@ from fusion.alignment.gather import all_gather_no_grad
 from fusion.alignment.loss import TOTAL_KEY, ContrastiveLoss
 from fusion.alignment.model import AlignmentModel
 from fusion.alignment.projection import ProjectionHead
-from fusion.eval.retrieval import (
+from fusion.alignment.retrieval import (
     alignment_report,
     class_prototypes,
     prompt_prototypes,
@@ -24,7 +24,7 @@ DEFAULT_PROMPTS = ("the digit {}", "a spoken {}", "a handwritten {}", "the numbe
 class AlignmentTask(L.LightningModule):
     """Trains modality towers with the multi-pair CLIP loss; evaluates retrieval and zero-shot accuracy.
 
-    Test metrics (all under ``test/``): per direction ``<q>_to_<g>/{R@k,median_rank,class_R@k,
+    Test metrics (all under ``test/``): per direction ``<q>_to_<g>/{Rk,median_rank,class_Rk,
     class_median_rank}``, per pair ``<a>_<b>/{matched_cos,unmatched_cos}``, their ``mean/*``, zero-shot
     accuracy from text prompts ``zero_shot_text/<modality>_acc`` and from class prototypes of the training
     set ``zero_shot_proto/<query>_by_<prototype>_acc``.
@@ -42,7 +42,7 @@ class AlignmentTask(L.LightningModule):
         prompts: templates for zero-shot prototypes, ``{}`` = class name; empty = no prompt zero-shot.
         class_words: optional class name -> word used in prompts (e.g. "7" -> "seven").
         prototype_batches: training batches used to build class prototypes at test time (0 = off).
-        ks: the k of R@k.
+        ks: the k of Rk.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class AlignmentTask(L.LightningModule):
             return
         embeddings, mask, labels = self._collected()
         report = alignment_report(embeddings, mask, labels, ks=(1,))
-        for key in ("mean/R@1", "mean/class_R@1"):
+        for key in ("mean/R1", "mean/class_R1"):
             if key in report:
                 self.log(f"val/{key.split('/', 1)[1]}", report[key], sync_dist=False)
         self._outputs = []

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
 
-from fusion.checkpoints import load_checkpoint_file
-from fusion.model import FusionModel
+from fusion.fusions.model import FusionModel
+from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.epoch_means import EpochMeans
 from fusion.tasks.gate_calibration import calibrate_gates

@@ -15,16 +15,26 @@ whose decisions were saved is reused when the run is started again).
 
 from __future__ import annotations
 
+import copy
 import csv
+import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
+from fusion.data.batches import to_device
 from fusion.data.manifest import ManifestRow
+from fusion.files import atomic_write
 from fusion.fusions.base import Fusion
+from fusion.runtime.checkpoints import load_checkpoint_file
+
+log = logging.getLogger(__name__)
 
 DECISIONS_FILE = "out_of_fold.pt"
 
@@ -81,8 +91,6 @@ def collect_decisions(model: nn.Module, loader, device: torch.device | str = "cp
     Returns:
         {"decisions": name -> (N, K), "mask": name -> (N,) bool, "label": (N,), "logits": (N, K) fused output}.
     """
-    from fusion.eval.accuracy import to_device
-
     was_training = model.training
     model.eval()
     decisions, masks, labels, fused = {}, {}, [], []
@@ -165,3 +173,56 @@ def fit_decision_gate(fusion: Fusion, data: dict, epochs: int = 40, lr: float = 
         for p in fusion.parameters():
             p.grad = None
     return losses
+
+
+def out_of_fold_decisions(cfg: DictConfig, run_dir: Path, datamodule, train: Callable) -> dict:
+    """Trains one model per group fold of the train split and returns the decisions each made on its held-out
+    fold. A fold whose decisions are already saved is not trained again.
+
+    Args:
+        cfg: the main run's config; each fold trains with it on its own manifest in `<run>/cross_fit/foldK/`.
+        run_dir: the main run's folder.
+        datamodule: the main run's prepared datamodule (its train/val rows are split into folds).
+        train: `fusion.training.train`, called as `train(fold_cfg, fold_datamodule)`.
+    """
+    folds = int(cfg.cross_fit.folds)
+    train_rows, val_rows = datamodule.datasets["train"].rows, datamodule.datasets["val"].rows
+    fold_of = assign_folds(train_rows, folds, int(cfg.seed))
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    parts = []
+    for fold in range(folds):
+        fold_dir = run_dir / "cross_fit" / f"fold{fold}"
+        saved = fold_dir / DECISIONS_FILE
+        if not saved.is_file():
+            held_out = write_fold_manifest(fold_dir / "manifest.csv", train_rows, val_rows, fold_of, fold)
+            log.info("cross_fit fold %d/%d: %d held-out train rows -> %s", fold + 1, folds, held_out, fold_dir)
+            fold_cfg = copy.deepcopy(cfg)
+            with open_dict(fold_cfg):
+                fold_cfg.data.manifest = str(fold_dir / "manifest.csv")
+                fold_cfg.data.on_error = "raise"  # rows were checked (and skipped, if asked) by the main run
+                fold_cfg.run_dir, fold_cfg.ckpt_path, fold_cfg.cross_fit.folds = str(fold_dir), None, 0
+            fold_data = instantiate(fold_cfg.data)
+            fold_data.prepare(fold_dir)
+            if fold_data.classes != datamodule.classes:
+                raise ValueError(f"cross_fit fold {fold}: its classes {fold_data.classes} differ from the data's "
+                                 f"{datamodule.classes}; every class needs train rows outside the test split")
+            train(fold_cfg, fold_data)
+            task = instantiate(cfg.model, data_spec=fold_data.spec, _recursive_=False, _convert_="all")
+            task.load_state_dict(load_checkpoint_file(fold_dir / "best.ckpt")["state_dict"])
+            decisions = collect_decisions(task.model.to(device), fold_data.test_dataloader(), device)
+            with atomic_write(saved, "wb") as f:
+                torch.save(decisions, f)
+        parts.append(torch.load(saved, weights_only=True))
+    return merge_decisions(parts)
+
+
+def attach_out_of_fold_decisions(task: nn.Module, cfg: DictConfig, run_dir: Path, datamodule,
+                                 train: Callable) -> None:
+    """Gives a classification task the out-of-fold decisions its decision gate is refitted on after training."""
+    fusion = getattr(getattr(task, "model", None), "fusion", None)
+    if not hasattr(task, "out_of_fold") or fusion is None or fusion.decision_gate_module() is None:
+        raise ValueError("cross_fit.folds needs a classifier whose decision gate reads decisions alone: "
+                         "recipe=progressive with model.fusion.decision_gate_inputs=confidence")
+    task.out_of_fold = out_of_fold_decisions(cfg, run_dir, datamodule, train)
+    task.out_of_fold_epochs, task.out_of_fold_lr = int(cfg.cross_fit.epochs), float(cfg.cross_fit.lr)

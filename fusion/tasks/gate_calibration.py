@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion.eval.accuracy import to_device
+from fusion.data.batches import to_device
 from fusion.fusions.gating import ModalityGate
-from fusion.model import FusionModel
+from fusion.fusions.model import FusionModel
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,7 +1,7 @@
 """Compiled Viterbi decoding on the CPU (one fused pass per step), built on first use.
 
 `viterbi_kernel.c` beside this file is compiled once with the system C compiler (`$CC`, else `cc`) into a cache
-folder (`$FUSION_CACHE`, else `~/.cache/fusion`), keyed by the source, the flags and this CPU, and loaded with
+folder (`$FUSION_HOME/cache/kernels`), keyed by the source, the flags and this CPU, and loaded with
 ctypes. Without a compiler, or with `FUSION_NATIVE_CRF=0`, `load_kernel()` returns None and the CRF keeps its
 torch implementation: both give the same paths.
 """
@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fusion.files import atomic_write, fusion_home
+
 SOURCE = Path(__file__).with_name("viterbi_kernel.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 
@@ -36,7 +38,7 @@ def _cpu_identity() -> str:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("FUSION_CACHE") or Path.home() / ".cache" / "fusion")
+    return fusion_home() / "cache" / "kernels"
 
 
 @cache
@@ -51,12 +53,12 @@ def load_kernel() -> ctypes.CDLL | None:
     library = _cache_dir() / f"viterbi-{key}.so"
     try:
         if not library.exists():
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+            with tempfile.TemporaryDirectory() as tmp:
                 built = Path(tmp) / library.name
                 subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True,
                                text=True, timeout=120)
-                os.replace(built, library)  # atomic: a concurrent build just replaces an identical file
+                with atomic_write(library, "wb") as f:  # a concurrent build just replaces an identical file
+                    f.write(built.read_bytes())
         kernel = ctypes.CDLL(str(library))
     except (OSError, subprocess.SubprocessError) as err:
         detail = getattr(err, "stderr", "") or err

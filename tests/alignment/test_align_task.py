@@ -11,7 +11,7 @@ from torch import nn
 from fusion.alignment.loss import TOTAL_KEY, ContrastiveLoss
 from fusion.alignment.model import AlignmentModel
 from fusion.alignment.projection import ProjectionHead
-from fusion.eval.retrieval import retrieval_metrics
+from fusion.alignment.retrieval import retrieval_metrics
 
 TINY_ENCODERS = {
     "image": {"_target_": "fusion.encoders.image.ImageEncoder", "out_dim": 16, "width": 4},
@@ -38,7 +38,7 @@ def test_towers_learn_to_align_two_views_of_a_shared_latent():
     model = AlignmentModel(nn.ModuleDict({"image": Tower(12, 16), "audio": Tower(10, 16)}))
     assert model.projections["image"].embed_dim == 768
     loss = ContrastiveLoss()
-    before = retrieval_metrics(*model(views).values())["R@1"]
+    before = retrieval_metrics(*model(views).values())["R1"]
     optim = torch.optim.Adam([*model.parameters(), *loss.parameters()], lr=3e-3)
     for _ in range(150):
         idx = torch.randint(0, 256, (64,))
@@ -49,7 +49,7 @@ def test_towers_learn_to_align_two_views_of_a_shared_latent():
     with torch.no_grad():
         z = model(views)
     after = retrieval_metrics(z["image"], z["audio"], ks=(1, 5))
-    assert before < 0.05 and after["R@1"] > 0.5 and after["R@5"] > 0.9, (before, after)
+    assert before < 0.05 and after["R1"] > 0.5 and after["R5"] > 0.9, (before, after)
     assert torch.allclose(z["image"].norm(dim=1), torch.ones(256), atol=1e-5)
 
 
@@ -96,9 +96,9 @@ def test_task_fits_and_reports_every_direction(tiny_datamodule):
     pairs = [("audio", "image"), ("audio", "text"), ("image", "text")]
     for a, b in pairs:
         for q, g in ((a, b), (b, a)):
-            for key in ("R@1", "R@5", "R@10", "class_R@1", "median_rank", "class_median_rank"):
+            for key in ("R1", "R5", "R10", "class_R1", "median_rank", "class_median_rank"):
                 assert f"test/{q}_to_{g}/{key}" in metrics
-            assert 0.0 <= metrics[f"test/{q}_to_{g}/class_R@1"] <= 1.0
+            assert 0.0 <= metrics[f"test/{q}_to_{g}/class_R1"] <= 1.0
             assert 1.0 <= metrics[f"test/{q}_to_{g}/median_rank"] <= 24.0
         assert -1.0 <= metrics[f"test/{a}_{b}/matched_cos"] <= 1.0
         assert f"test/{a}_{b}_loss" in metrics
@@ -164,7 +164,7 @@ def test_pretrained_text_tower_from_local_directory(monkeypatch):
 
 def test_aligned_towers_seed_a_fusion_classifier(tiny_datamodule, tmp_path):
     """init_from: every encoder tensor of an alignment checkpoint lands in the progressive classifier."""
-    from fusion.checkpoints import load_matching_weights
+    from fusion.runtime.checkpoints import load_matching_weights
     from fusion.tasks.align import AlignmentTask
     from fusion.tasks.classify import ClassificationTask
 

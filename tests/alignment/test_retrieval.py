@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.eval.retrieval import (
+from fusion.alignment.retrieval import (
     alignment_report,
     class_prototypes,
     match_ranks,
@@ -30,16 +30,16 @@ def test_retrieval_metrics_instance_and_class_level():
     labels = torch.tensor([5, 5, 6, 7])
     m = retrieval_metrics(q, g, labels, ks=(1, 2))
     # Queries 0 and 1 find the other one first (rank 2); 2 and 3 are exact.
-    assert m["R@1"] == pytest.approx(0.5) and m["R@2"] == pytest.approx(1.0)
+    assert m["R1"] == pytest.approx(0.5) and m["R2"] == pytest.approx(1.0)
     assert m["median_rank"] == pytest.approx(1.0)  # torch median of [2, 2, 1, 1] is the lower middle
-    assert m["class_R@1"] == pytest.approx(1.0) and m["class_median_rank"] == 1.0
+    assert m["class_R1"] == pytest.approx(1.0) and m["class_median_rank"] == 1.0
 
 
 def test_retrieval_metrics_random_embeddings_are_near_chance():
     torch.manual_seed(0)
     q, g = torch.randn(400, 32), torch.randn(400, 32)
     m = retrieval_metrics(q, g, ks=(1, 10))
-    assert m["R@1"] < 0.02 and m["R@10"] < 0.06
+    assert m["R1"] < 0.02 and m["R10"] < 0.06
     assert 150 < m["median_rank"] < 250
 
 
@@ -74,7 +74,7 @@ def test_alignment_report_covers_every_direction_and_respects_mask():
     mask = {m: torch.ones(6, dtype=torch.bool) for m in emb}
     mask["text"][:5] = False  # only one text row: the pairs with text are left out
     out = alignment_report(emb, mask, labels=torch.arange(6))
-    assert out["audio_to_image/R@1"] == 1.0 and out["image_to_audio/class_R@1"] == 1.0
+    assert out["audio_to_image/R1"] == 1.0 and out["image_to_audio/class_R1"] == 1.0
     assert out["audio_image/matched_cos"] > 0.99
     assert not any("text" in key for key in out)
-    assert out["mean/R@1"] == 1.0
+    assert out["mean/R1"] == 1.0

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 import fusion.training as training
-from tests.conftest import compose_recipe
+from tests.helpers.recipes import compose_recipe
 
 
 class FaultAfterStep(L.Callback):

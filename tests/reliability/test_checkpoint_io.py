@@ -13,13 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusion.checkpoint_io import AsyncAtomicCheckpointIO, AtomicCheckpointIO, atomic_save, build_checkpoint_io
-from fusion.checkpoints import CheckpointError, load_checkpoint_file
-from tests.conftest import REPO
+from fusion.runtime.checkpoints import (
+    AsyncAtomicCheckpointIO,
+    AtomicCheckpointIO,
+    CheckpointError,
+    atomic_save,
+    build_checkpoint_io,
+    load_checkpoint_file,
+)
+from tests.helpers.recipes import REPO
 
 WRITER = """
 import sys, torch
-from fusion.checkpoint_io import atomic_save
+from fusion.runtime.checkpoints import atomic_save
 path, size = sys.argv[1], int(sys.argv[2])
 step = 0
 while True:
@@ -138,7 +144,7 @@ def test_fit_end_hooks_of_the_model_see_the_finished_best_checkpoint(tmp_path, m
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    import fusion.checkpoint_io as checkpoint_io
+    import fusion.runtime.checkpoints as checkpoint_io
 
     def slow_atomic_save(obj, path):  # a write that takes a while (large model, slow disk)
         time.sleep(1.0)

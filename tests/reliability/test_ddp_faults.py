@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fusion.faults import PeerFailureError, explain_peer_failures, is_peer_failure
-from tests.conftest import REPO
+from fusion.runtime.faults import PeerFailureError, explain_peer_failures, is_peer_failure
+from tests.helpers.recipes import REPO
 
 
 def free_port() -> int:
@@ -32,7 +32,7 @@ def hang_worker(rank: int, port: int, timeout_s: float, results) -> None:
     """Rank 1 joins the group, then stops answering; rank 0 all-reduces and must give up after timeout_s."""
     import torch.distributed as dist
 
-    from fusion.faults import CollectiveTimeout
+    from fusion.runtime.faults import CollectiveTimeout
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,

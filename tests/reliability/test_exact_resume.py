@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from fusion.checkpoints import load_checkpoint_file
+from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.training import train
-from tests.conftest import REPO, compose_recipe
+from tests.helpers.recipes import REPO, compose_recipe
 
 
 @pytest.fixture

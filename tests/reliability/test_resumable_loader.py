@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fusion.resume import (
+from fusion.runtime.resume import (
     EpochSampler,
     ResumableDataLoader,
     SeededItems,

@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from fusion.checkpoint_io import AtomicCheckpointIO, atomic_save
-from fusion.checkpoints import (
+from fusion.runtime.checkpoints import (
+    AtomicCheckpointIO,
     CheckpointError,
+    atomic_save,
     check_resume_checkpoint,
     load_checkpoint_file,
     load_matching_weights,
 )
 from fusion.training import train
-from tests.conftest import compose_recipe
+from tests.helpers.recipes import compose_recipe
 
 
 class RunsCode:

@@ -18,8 +18,7 @@ from fusion.tasks.cross_fit import (
     write_fold_manifest,
 )
 from fusion.training import train
-from tests.conftest import compose_recipe
-from tests.tasks.test_recipes import tiny_overrides
+from tests.helpers.recipes import compose_recipe, tiny_overrides
 
 
 def rows_of(groups: list[str | None]) -> list[ManifestRow]:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fusion.fusions.late import LateFusion
-from fusion.model import FusionModel
+from fusion.fusions.model import FusionModel
 from fusion.tasks.gate_calibration import calibrate_gates, gate_parameters
 
 

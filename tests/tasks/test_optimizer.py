@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from fusion.tasks.classify import ClassificationTask
-from tests.conftest import compose_recipe
+from tests.helpers.recipes import compose_recipe
 
 CLASSIFICATION = ["early", "late", "progressive"]
 

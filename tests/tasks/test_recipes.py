@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from fusion.checkpoints import load_checkpoint_file
+from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.training import train
-from tests.conftest import RECIPES, compose_recipe
+from tests.helpers.recipes import RECIPES, compose_recipe, tiny_overrides
 
 ALL_RECIPES = sorted(p.stem for p in (RECIPES / "recipe").glob("*.yaml"))
 CLASSIFICATION = ["early", "late", "progressive"]
@@ -35,11 +34,6 @@ def test_classification_recipe_instantiates(recipe, tiny_digits):
     batch = next(iter(dm.train_dataloader()))
     logits = task.model(batch)
     assert logits.shape == (len(batch["label"]), 10)
-
-
-def tiny_overrides(tiny_digits, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.manifest={tiny_digits}", f"run_dir={run_dir}", "data.batch_size=16", "trainer.enable_progress_bar=false",
-            "trainer.accelerator=cpu", "trainer.log_every_n_steps=1", *extra]
 
 
 @pytest.mark.parametrize("recipe", CLASSIFICATION)
@@ -82,7 +76,7 @@ def test_init_from_with_a_new_label_set_keeps_encoders(tiny_digits, tmp_path):
     dm = instantiate(cfg.data)
     dm.prepare()
     task = instantiate(cfg.model, data_spec=dm.spec, _recursive_=False, _convert_="all")
-    from fusion.checkpoints import load_matching_weights
+    from fusion.runtime.checkpoints import load_matching_weights
 
     report = load_matching_weights(task, run / "best.ckpt")
     source = load_checkpoint_file(run / "best.ckpt")["state_dict"]

@@ -249,7 +249,7 @@ def test_pointer_doubling_equals_recomputed_backtrack(steps):
 def test_compiled_kernel_is_built_and_decodes_like_the_torch_path(tmp_path, monkeypatch):
     """With a compiler the kernel builds into the cache folder and gives the torch decoder's paths; disabled by
     FUSION_NATIVE_CRF=0."""
-    monkeypatch.setenv("FUSION_CACHE", str(tmp_path))
+    monkeypatch.setenv("FUSION_HOME", str(tmp_path))
     load_kernel.cache_clear()
     try:
         kernel = load_kernel()

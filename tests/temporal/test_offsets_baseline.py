@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import talking_clip
 
 from fusion.temporal.baseline import correlation_by_lag, estimate_offset_xcorr
 from fusion.temporal.offsets import (
@@ -14,6 +13,7 @@ from fusion.temporal.offsets import (
     states_to_offsets,
     valid_window_starts,
 )
+from tests.helpers.clips import talking_clip
 
 
 def test_constant_offset_shifts_audio_by_whole_frames():

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from conftest import write_clip
 
 from fusion.data.sync_data import SyncDataModule
 from fusion.eval.sync_eval import evaluate_sync
 from fusion.tasks.sync import SyncTask
 from fusion.temporal.metrics import offset_errors, sync_report
+from tests.helpers.clips import write_clip
 
 SETTINGS = dict(num_test=2, num_val=1, max_offset=3, window=12, eval_repeats=2, batch_size=4, n_mels=8,
                 crop_size=8, mouth_box=(0.5, 0.25, 0.4, 0.5))

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import talking_clip
 
 from fusion.temporal.offsets import (
     inject_offset,
@@ -12,6 +11,7 @@ from fusion.temporal.offsets import (
     valid_window_starts,
 )
 from fusion.temporal.sync import SyncModel
+from tests.helpers.clips import talking_clip
 
 K, S, MELS, SIZE, WINDOW, FRAMES = 5, 4, 8, 8, 24, 40
 

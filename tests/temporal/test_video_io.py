@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import BOX, BURST, FPS, FRAMES, HEIGHT, RATE, WIDTH, write_clip
 
 from fusion.data.video_io import crop_mouth, load_sync_clip, log_mel_frames, read_video, to_mono
+from tests.helpers.clips import BOX, BURST, FPS, FRAMES, HEIGHT, RATE, WIDTH, write_clip
 
 
 @pytest.mark.parametrize("name,fmt,vcodec,acodec", [("clip.mpg", "mpeg", "mpeg1video", "mp2"),

@@ -1,0 +1,1 @@
+"""Command-line entry points (train, evaluate, manifest builders): thin Hydra apps over the library."""

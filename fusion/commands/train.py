@@ -1,0 +1,55 @@
+"""Train a recipe: `python train.py recipe=progressive [data.manifest=...] [trainer.max_epochs=...] [seed=...]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from fusion.commands.app import recipes_dir, reports_user_errors, route_lightning_logs_to_root
+
+log = logging.getLogger("fusion")
+
+
+def remove_unused_output_dir(output_dir: Path, log_name: str) -> None:
+    """Removes Hydra's folder of this process when the run went to another one and it holds only Hydra's empty log."""
+    log_file = output_dir / log_name
+    if log_file.is_file() and log_file.stat().st_size == 0:
+        log_file.unlink()
+    if output_dir.is_dir() and not any(output_dir.iterdir()):
+        output_dir.rmdir()
+
+
+@reports_user_errors
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Trains `cfg` in its run folder (Hydra's, or the resumed checkpoint's); returns the test metrics."""
+    from fusion.training import train
+
+    route_lightning_logs_to_root()
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with open_dict(cfg):
+        cfg.recipe_name = HydraConfig.get().runtime.choices.get("recipe")
+        if cfg.get("run_dir") is None:
+            # a resumed run continues in its own folder, so best.ckpt selection carries on
+            resumed_from = Path(cfg.ckpt_path).expanduser().parent if cfg.get("ckpt_path") else None
+            cfg.run_dir = str(resumed_from) if resumed_from else str(output_dir)
+    own_default = cfg.run_dir == str(output_dir)
+    metrics = train(cfg)  # sets cfg.run_dir to rank 0's folder on every node of a multi-node run
+    if own_default and Path(cfg.run_dir).resolve() != output_dir.resolve():
+        remove_unused_output_dir(output_dir, f"{HydraConfig.get().job.name}.log")
+    log.info("run folder: %s", cfg.run_dir)
+    log.info("test metrics: %s", json.dumps(metrics, sort_keys=True))
+    return metrics
+
+
+@hydra.main(config_path=str(recipes_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

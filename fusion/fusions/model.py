@@ -1,0 +1,43 @@
+"""FusionModel: encoders + fusion, a plain nn.Module mapping a batch dict to logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusion.fusions.base import Fusion, FusionResult
+from fusion.fusions.gating import modality_dropout
+
+
+class FusionModel(nn.Module):
+    """Encodes each modality of a batch and fuses the features.
+
+    Args:
+        encoders: modality -> encoder mapping that modality's batch value to (B, D); must expose `out_dim`.
+        fusion: a Fusion built for {modality: encoder.out_dim}.
+        modality_dropout: probability of hiding a present modality from the fusion during training.
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.modality_dropout = modality_dropout
+
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.encoders)
+
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        """modality -> pooled features (B, D)."""
+        return {m: self.encoders[m](batch[m]) for m in self.modalities}
+
+    def forward_with_details(self, batch: dict) -> FusionResult:
+        mask = {m: batch["mask"][m] for m in self.modalities}
+        if self.training and self.modality_dropout > 0:
+            mask = modality_dropout(mask, self.modality_dropout)
+        return self.fusion.fuse(self.encode(batch), mask)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Batch dict -> logits (B, K)."""
+        return self.forward_with_details(batch).logits
