@@ -12,10 +12,10 @@ import sys
 
 import torch
 
-from fusion.checkpoints import load_checkpoint_file
 from fusion.distributed.strategy import CHECKPOINT_KEY
-from tests.conftest import REPO
+from fusion.runtime.checkpoints import load_checkpoint_file
 from tests.distributed.spawn import free_port
+from tests.helpers.recipes import REPO
 
 NODES, DEVICES, EPOCHS, BATCH = 2, 1, 2, 16
 TRAIN_ROWS = 48  # tiny_digits
