@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fusion.data.batches import concat_batches, slice_batch
+from fusion.errors import ConfigError
 from fusion.eval.benchmark import evaluate_model, machine_info
 from fusion.eval.latency import fix_threads, print_now
 from fusion.eval.report import write_report
@@ -27,9 +28,9 @@ from fusion.eval.variants import VARIANT_NAMES
 
 @dataclass
 class EvalSettings:
-    """What to evaluate and how (each field is a ``key=value`` argument of evaluate.py)."""
+    """What to evaluate and how (recipes/evaluate.yaml documents each field)."""
 
-    ckpt: list[str]
+    run: list[str]
     out_dir: str | None = None
     devices: list[str] = field(default_factory=lambda: ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     variants: list[str] = field(default_factory=lambda: list(VARIANT_NAMES))
@@ -50,7 +51,7 @@ def default_out_dir(settings: EvalSettings, first_run_dir: Path) -> Path:
     """The run folder for one run; ``checkpoints/eval/<time>`` next to the runs for a sweep."""
     if settings.out_dir:
         return Path(settings.out_dir)
-    if len(settings.ckpt) == 1:
+    if len(settings.run) == 1:
         return first_run_dir
     return first_run_dir.parent.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")
 
@@ -64,27 +65,27 @@ def _trim(batches: list[dict], max_samples: int | None) -> list[dict]:
 
 
 def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print_now) -> tuple[dict, dict[str, Path]]:
-    """Evaluates every checkpoint of ``settings.ckpt`` and writes report.md/report.json/pareto.png.
+    """Evaluates every checkpoint of ``settings.run`` and writes report.md/report.json/pareto.png.
 
     Returns:
         The report dict and the written paths.
     """
-    if not settings.ckpt:
-        raise ValueError("ckpt= is required: a run folder, a .ckpt file, or several separated by commas")
+    if not settings.run:
+        raise ConfigError("run= is required: a run folder, a .ckpt file, or a list of them")
     for device in settings.devices:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device} requested but CUDA is not available")
+            raise ConfigError(f"device={device} requested but CUDA is not available")
     threads = fix_threads(settings.threads)
     torch.manual_seed(settings.seed)
     rows, skipped, robustness, out_dir = [], {}, {}, None
     names_seen: dict[str, int] = {}
-    for index, path in enumerate(settings.ckpt):
+    for index, path in enumerate(settings.run):
         run = load_run(path)
         name = run.name if run.name not in names_seen else f"{run.name}-{names_seen[run.name] + 1}"
         names_seen[run.name] = names_seen.get(run.name, 0) + 1
         out_dir = out_dir or default_out_dir(settings, run.run_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        log(f"[{index + 1}/{len(settings.ckpt)}] {name} ({run.fusion} fusion) from {run.checkpoint}"
+        log(f"[{index + 1}/{len(settings.run)}] {name} ({run.fusion} fusion) from {run.checkpoint}"
             f" (epochs trained: {run.epochs_trained})")
         cache_path = run.run_dir / BATCH_CACHE_NAME
         if settings.from_cache:

@@ -1,7 +1,6 @@
 """Evaluation of a sync checkpoint on held-out clips with seeded offsets, beside the cross-correlation baseline.
 
-    python evaluate.py recipe=sync ckpt=checkpoints/sync/<run> [data.video_dir=...] [out_dir=...]
-    python -m fusion.eval.sync_eval --ckpt checkpoints/sync/<run> [--video-dir ...] [--out-dir ...]
+    python evaluate.py run=checkpoints/sync/<run> [data.video_dir=...] [out_dir=...]
 
 The data settings come from the run's config.yaml (or the checkpoint's data_spec), overridden by ``data.*``.
 The test split and the injected offsets (constant in [-K, K] and linear drift, ``data.eval_seed``) are fixed,
@@ -11,18 +10,22 @@ within_40ms, within_window for constant offsets; drift/*, frame/*, baseline/*) a
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import logging
 from pathlib import Path
 
 import torch
 import yaml
 
 from fusion.data.sync_data import SyncDataModule
+from fusion.errors import ConfigError
 from fusion.eval.sync_estimate import load_sync_model
+from fusion.files import atomic_write
 from fusion.temporal.baseline import estimate_offset_xcorr
 from fusion.temporal.metrics import clip_offsets, sync_report
+
+log = logging.getLogger(__name__)
 
 SPEC_DATA_KEYS = ("max_offset", "window", "sample_rate", "n_mels", "subframes", "crop_size", "mouth_box")
 MODEL_FEATURE_KEYS = ("max_offset", "subframes", "n_mels", "crop_size")
@@ -64,18 +67,18 @@ def predict_windows(model, loader, device: str, max_offset: int, subframes: int)
 
 
 def evaluate_sync(cfg) -> dict[str, float]:
-    """Evaluates ``cfg.ckpt`` on the test split; writes metrics.json and sync_windows.csv to the output folder.
+    """Evaluates ``cfg.run`` on the test split; writes metrics.json and sync_windows.csv to the output folder.
 
     Args:
-        cfg: mapping with ``ckpt`` (run folder or .ckpt), optional ``data`` (overrides, e.g. video_dir),
+        cfg: mapping with ``run`` (run folder or .ckpt), optional ``data`` (overrides, e.g. video_dir),
             ``out_dir`` (default <run folder>/eval_sync), ``device`` (default cpu), ``threads``.
 
     Returns:
         The flat metrics.
     """
-    ckpt = _get(cfg, "ckpt")
+    ckpt = _get(cfg, "run")
     if not ckpt:
-        raise ValueError("recipe=sync evaluation needs ckpt=<sync run folder or checkpoint file>")
+        raise ConfigError("sync evaluation needs run=<sync run folder or checkpoint file>")
     device = str(_get(cfg, "device", "cpu"))
     if _get(cfg, "threads"):
         torch.set_num_threads(int(_get(cfg, "threads")))
@@ -110,29 +113,11 @@ def evaluate_sync(cfg) -> dict[str, float]:
                              f"{outputs['truth'][i, 0]:.2f}", f"{outputs['truth'][i, -1]:.2f}",
                              f"{estimates[i]:.1f}", f"{valid[0]:.0f}", f"{valid[-1]:.0f}",
                              int(outputs["baseline"][i])])
-    with open(out_dir / "metrics.json", "w") as f:
+    with atomic_write(out_dir / "metrics.json") as f:
         json.dump(metrics, f, indent=2, sort_keys=True)
-    print(f"sync evaluation of {ckpt_path} on {len(names)} test clips -> {out_dir / 'metrics.json'}")
+    log.info("sync evaluation of %s on %d test clips -> %s", ckpt_path, len(names), out_dir / "metrics.json")
     for key in ("offset_mae_ms", "within_40ms", "within_window", "drift/offset_mae_ms", "drift/within_40ms",
                 "baseline/offset_mae_ms", "baseline/within_40ms"):
         if key in metrics:
-            print(f"  {key}: {metrics[key]:.4g}")
+            log.info("  %s: %.4g", key, metrics[key])
     return metrics
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a sync checkpoint with seeded injected offsets.")
-    parser.add_argument("--ckpt", required=True, help="sync run folder or checkpoint file")
-    parser.add_argument("--video-dir", default=None, help="folder of in-sync videos (default: the run's)")
-    parser.add_argument("--out-dir", default=None, help="output folder (default: <run>/eval_sync)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--eval-seed", type=int, default=None)
-    parser.add_argument("--eval-repeats", type=int, default=None)
-    args = parser.parse_args(argv)
-    data = {"video_dir": args.video_dir, "eval_seed": args.eval_seed, "eval_repeats": args.eval_repeats}
-    evaluate_sync({"ckpt": args.ckpt, "out_dir": args.out_dir, "device": args.device,
-                   "data": {k: v for k, v in data.items() if v is not None}})
-
-
-if __name__ == "__main__":
-    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.epoch_means import EpochMeans
 from fusion.tasks.gate_calibration import calibrate_gates
+
+log = logging.getLogger(__name__)
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0) -> FusionModel:
@@ -157,12 +160,12 @@ class ClassificationTask(L.LightningModule):
             self.out_of_fold_report = {**{f"cross_fit/oof_acc/{k}": v for k, v in before.items() if k != "gated"},
                                        "cross_fit/oof_acc/gated_before": before["gated"],
                                        "cross_fit/oof_acc/gated_after": after["gated"]}
-            print(f"[cross_fit] decision gate refitted on {len(self.out_of_fold['label'])} out-of-fold rows; "
+            log.info(f"cross_fit: decision gate refitted on {len(self.out_of_fold['label'])} out-of-fold rows; "
                   f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; accuracy {self.out_of_fold_report}")
         if self.hparams.gate_calibration_epochs:
             losses = calibrate_gates(self.model, self.trainer.datamodule.val_dataloader(), self.hparams.gate_calibration_epochs,
                                      self.hparams.gate_calibration_lr, self.hparams.label_smoothing)
-            print(f"[gate calibration] val loss per epoch: {[round(x, 4) for x in losses]}")
+            log.info(f"gate calibration: val loss per epoch: {[round(x, 4) for x in losses]}")
         if best:
             self.trainer.save_checkpoint(best)
 
