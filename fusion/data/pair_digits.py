@@ -1,19 +1,19 @@
 """Build an audio-visual (optionally captioned) manifest from a folder of digit images and one of recordings.
 
-    python -m fusion.data.pair_digits --images ../shared/data/mnist --audio ../shared/data/fsdd/recordings \
-        --test-speaker theo --out datasets/mnist_fsdd/manifest.csv [--degrade 0.6] [--captions exact]
+    python -m fusion.commands.manifest builder=pair_digits builder.images=../shared/data/mnist \
+        builder.audio=../shared/data/fsdd/recordings builder.test_speaker=theo \
+        builder.out=datasets/mnist_fsdd/manifest.csv [builder.degrade=0.6] [builder.captions=true]
 
 Images: a folder with `labels.csv` (columns `file,label`) or one sub-folder per label. Recordings: files named
 `<label>_<speaker>_<take>.wav` (the Free Spoken Digit Dataset convention). Each recording is paired with
-`--images-per-recording` images of the same label; train and test draw from disjoint image pools, and all
-recordings of `--test-speaker` form the test split (speaker-disjoint); the `group` column names each row's
-speaker (so `cross_fit.folds` holds out whole speakers). `--degrade` writes noisy, occluded
+`images_per_recording` images of the same label; train and test draw from disjoint image pools, and all
+recordings of `test_speaker` form the test split (speaker-disjoint); the `group` column names each row's
+speaker (so `cross_fit.folds` holds out whole speakers). `degrade` writes noisy, occluded
 copies of the images next to the manifest and uses those instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import random
 import re
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from fusion.data.builtin_digits import WORDS
+from fusion.errors import ConfigError
 
 RECORDING = re.compile(r"^(?P<label>[^_]+)_(?P<speaker>[^_]+)_(?P<take>[^_.]+)\.(wav|flac|ogg)$", re.IGNORECASE)
 CAPTIONS = ["the digit {w}", "a spoken {w}", "a handwritten {w}", "the number {w}"]
@@ -40,7 +41,7 @@ def list_images(folder: Path) -> dict[str, list[Path]]:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             by_label[sub.name] = sorted(q for q in sub.iterdir() if q.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
     if not by_label:
-        raise SystemExit(f"--images: no labels.csv and no label sub-folders in '{folder}'")
+        raise ConfigError(f"builder.images: no labels.csv and no label sub-folders in '{folder}'")
     return by_label
 
 
@@ -54,9 +55,10 @@ def list_recordings(folder: Path) -> list[tuple[str, str, Path]]:
         elif path.is_file() and path.suffix.lower() in (".wav", ".flac", ".ogg"):
             unmatched.append(path.name)
     if unmatched:
-        raise SystemExit(f"--audio: {len(unmatched)} file(s) not named <label>_<speaker>_<take>.wav, e.g. '{unmatched[0]}'")
+        raise ConfigError(f"builder.audio: {len(unmatched)} file(s) in '{folder}' not named <label>_<speaker>_<take>.wav, "
+                          f"e.g. '{unmatched[0]}'")
     if not found:
-        raise SystemExit(f"--audio: no recordings in '{folder}'")
+        raise ConfigError(f"builder.audio: no recordings in '{folder}'")
     return found
 
 
@@ -77,16 +79,21 @@ def caption_for(label: str, rng: random.Random) -> str:
     return rng.choice(CAPTIONS).format(w=word)
 
 
-def build(images: Path, audio: Path, out: Path, test_speaker: str, val_speaker: str | None, images_per_recording: int,
-          degrade: float, captions: bool, seed: int) -> dict[str, int]:
+def build(images: str | Path, audio: str | Path, out: str | Path, test_speaker: str, val_speaker: str | None = None,
+          images_per_recording: int = 2, degrade: float = 0.0, captions: bool = False, seed: int = 0) -> dict[str, int]:
+    """Writes the manifest `out`; returns the number of rows per split."""
+    images, audio, out = Path(images).expanduser(), Path(audio).expanduser(), Path(out).expanduser()
+    for key, folder in (("builder.images", images), ("builder.audio", audio)):
+        if not folder.is_dir():
+            raise ConfigError(f"{key}: folder '{folder}' does not exist")
     rng = random.Random(seed)
     np_rng = np.random.default_rng(seed)
     by_label = list_images(images)
     recordings = list_recordings(audio)
     speakers = sorted({s for _, s, _ in recordings})
-    for name, speaker in (("--test-speaker", test_speaker), ("--val-speaker", val_speaker)):
+    for name, speaker in (("builder.test_speaker", test_speaker), ("builder.val_speaker", val_speaker)):
         if speaker is not None and speaker not in speakers:
-            raise SystemExit(f"{name} '{speaker}' not among the speakers {speakers}")
+            raise ConfigError(f"{name} '{speaker}' not among the speakers {speakers}")
     pools = {}
     for label, paths in by_label.items():  # disjoint image pools per split
         paths = paths[:]
@@ -105,7 +112,7 @@ def build(images: Path, audio: Path, out: Path, test_speaker: str, val_speaker: 
             split = "test" if speaker == test_speaker else "val" if speaker == val_speaker else "train"
             pool = pools.get((split, label))
             if not pool:
-                raise SystemExit(f"no image with label '{label}' for recording '{path.name}'")
+                raise ConfigError(f"builder.images: no image with label '{label}' for recording '{path.name}'")
             for image in rng.sample(pool, min(images_per_recording, len(pool))):
                 if degrade > 0:
                     target = out.parent / "degraded" / f"{image.stem}_{path.stem}.png"
@@ -115,24 +122,3 @@ def build(images: Path, audio: Path, out: Path, test_speaker: str, val_speaker: 
                 writer.writerow(row + ([caption_for(label, rng)] if captions else []))
                 counts[split] += 1
     return dict(counts)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, required=True, help="folder with labels.csv or label sub-folders")
-    parser.add_argument("--audio", type=Path, required=True, help="folder of <label>_<speaker>_<take>.wav files")
-    parser.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    parser.add_argument("--test-speaker", required=True, help="speaker whose recordings form the test split")
-    parser.add_argument("--val-speaker", default=None, help="speaker for the val split (default: val carved from train)")
-    parser.add_argument("--images-per-recording", type=int, default=2)
-    parser.add_argument("--degrade", type=float, default=0.0, help="0 = clean images; e.g. 0.6 = strong noise + occlusion")
-    parser.add_argument("--captions", action="store_true", help="add a text column with a caption of the label")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    counts = build(args.images, args.audio, args.out, args.test_speaker, args.val_speaker, args.images_per_recording,
-                   args.degrade, args.captions, args.seed)
-    print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-
-
-if __name__ == "__main__":
-    main()
