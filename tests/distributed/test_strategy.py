@@ -104,7 +104,7 @@ def fit(hook: str, args: dict, epochs: int, ckpt_path: str | None = None, accumu
 # label -> (hook, args, SGD momentum) of the fit / checkpoint / resumed-fit runs
 RESUMED = {
     "int8": ("int8", {}, 0.9),
-    "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "density_warmup_steps": 2, "granularity": "tensor"}, 0.9),
+    "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "density_warmup_steps": 0, "granularity": "tensor"}, 0.9),
     "local_adam": ("local_adam", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor"}, 0.0),
     "powersgd": ("powersgd", {"warmup_steps": 2}, 0.9),
 }
