@@ -2,16 +2,16 @@
 # Accuracy vs latency of early, late and progressive fusion on the CPU, on two data sets:
 #   builtin    - the generated audio-visual-text digits set (default data of every recipe)
 #   mnist_fsdd - MNIST images paired with FSDD spoken digits (image + audio; test = a held-out speaker),
-#                built from ../shared/data by benchmarks/clip_build_digits_manifest.py
+#                built from ../shared/data by benchmarks/alignment/build_digits_manifest.py
 # Trains the three recipes per data set (skipped when the run folder has metrics.json, i.e. training
 # completed; an interrupted run is trained again from scratch), then writes one
 # report per data set with evaluate.py, and stores the decoded test split next to each run
-# (test_batches.pt) so benchmarks/eval_gpu.sh can evaluate the same runs on a GPU machine without the media.
+# (test_batches.pt) so benchmarks/latency/eval_gpu.sh can evaluate the same runs on a GPU machine without the media.
 #
-#   bash benchmarks/eval_cpu.sh                 # everything
-#   SETS=builtin EPOCHS_builtin=6 THREADS=2 bash benchmarks/eval_cpu.sh
+#   bash benchmarks/latency/eval_cpu.sh                 # everything
+#   SETS=builtin EPOCHS_builtin=6 THREADS=2 bash benchmarks/latency/eval_cpu.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-checkpoints/eval_bench}
 SETS=${SETS:-"builtin mnist_fsdd"}
@@ -29,7 +29,7 @@ data_args() {
     builtin) echo "" ;;
     mnist_fsdd)
       local manifest=datasets/mnist_fsdd/manifest.csv
-      [[ -f $manifest ]] || "$PY" benchmarks/clip_build_digits_manifest.py --out "$manifest" >&2
+      [[ -f $manifest ]] || "$PY" benchmarks/alignment/build_digits_manifest.py --out "$manifest" >&2
       echo "data.manifest=$PWD/$manifest data.modalities=[image,audio]" ;;
     *) echo "unknown data set '$1' (builtin | mnist_fsdd)" >&2; exit 2 ;;
   esac
@@ -52,6 +52,6 @@ for set in $SETS; do
     runs+=("$run_dir")
   done
   echo "== evaluating $set"
-  "$PY" evaluate.py ckpt="$(IFS=,; echo "${runs[*]}")" out_dir="$OUT/$set/report_cpu" device=cpu \
-    threads="$THREADS" iters="$ITERS" variants="$VARIANTS" cache_batches=true 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
+  "$PY" evaluate.py run="[$(IFS=,; echo "${runs[*]}")]" out_dir="$OUT/$set/report_cpu" device=cpu \
+    threads="$THREADS" iters="$ITERS" variants="[$VARIANTS]" cache_batches=true 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
 done

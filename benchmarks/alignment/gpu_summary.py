@@ -1,6 +1,6 @@
-"""Collects the runs of ``benchmarks/clip_gpu.sh`` into ``OUT/summary.json`` and prints the acceptance table.
+"""Collects the runs of ``benchmarks/alignment/gpu_protocol.sh`` into ``OUT/summary.json`` and prints the acceptance table.
 
-    python benchmarks/clip_gpu_summary.py OUT
+    python benchmarks/alignment/gpu_summary.py OUT
 
 Per data set: every retrieval direction (instance and class level R1/5/10, median ranks), matched vs
 unmatched 768-d cosine per pair, zero-shot accuracies, the validation curve of the clip run, the
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clip_finetune_curves import first_reaching, read_curve  # noqa: E402
+from finetune_curves import first_reaching, read_curve  # noqa: E402
 
 BUILTIN_TARGET = 0.95  # audio->image class R1 on the built-in set
 TEXT_IMAGE_TARGET = 0.99  # text->image class R1 on MNIST+FSDD

@@ -12,7 +12,7 @@ text->image (gallery = the fold's images). Chance levels are computed exactly fo
 an untrained tower of the same kind is evaluated as a second baseline. MiniLM's own caption->caption
 retrieval (other captions of the same image) shows what the frozen text tower brings.
 
-    nice -n 10 python benchmarks/clip_coco_minilm.py --out benchmarks/results_clip_coco_minilm.json
+    nice -n 10 python benchmarks/alignment/coco_minilm.py --out benchmarks/alignment/results/coco_minilm_cpu.json
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ KS = (1, 5, 10)
 def default_coco() -> Path:
     import os
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("FUSION_REALDATA", repo.parent / "shared" / "data")) / "coco"
 
 

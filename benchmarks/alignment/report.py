@@ -1,6 +1,6 @@
 """Markdown tables of an alignment run's metrics.json: retrieval per direction, cosines, zero-shot.
 
-    python benchmarks/clip_report.py checkpoints/clip/builtin [--baseline checkpoints/late/audio_only]
+    python benchmarks/alignment/report.py checkpoints/clip/builtin [--baseline checkpoints/late/audio_only]
 
 With ``--baseline`` (a classification run folder), its ``test/acc`` is printed next to the class-level
 R1 of every direction, e.g. to compare audio->image retrieval with a supervised audio-only classifier.

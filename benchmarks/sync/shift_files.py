@@ -4,7 +4,7 @@ Unlike the evaluation (offsets injected into cached features), this writes real 
 audio) whose audio stream starts ``shift`` ms late (positive) or whose first ``-shift`` ms of audio are cut
 (negative), and runs the same path as ``python -m fusion.eval.sync_estimate`` on them.
 
-    python benchmarks/sync_shift_files.py --ckpt checkpoints/sync/<run> --video-dir ../shared/data/grid/video \
+    python benchmarks/sync/shift_files.py --run checkpoints/sync/<run> --video-dir ../shared/data/grid/video \
         --clips 10 --shifts=-400,-200,-120,0,120,200,400 --out /tmp/sync_shift
 """
 
@@ -55,7 +55,7 @@ def write_shifted(source: Path, target: Path, shift_ms: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--run", "--ckpt", dest="ckpt", required=True, help="sync run folder (or its .ckpt)")
     parser.add_argument("--video-dir", required=True)
     parser.add_argument("--clips", type=int, default=10, help="first N held-out test clips of the run")
     parser.add_argument("--shifts", default="-400,-200,-120,0,120,200,400", help="audio shifts in ms")

@@ -1,13 +1,13 @@
 """Per-bucket cost of each comm hook's body: operators, kernel launches, host syncs and wall time.
 
 Launch with torchrun (CPU/gloo or CUDA/NCCL). Each hook trains its own DDP copy of a model of
-``ddp_throughput.py``; over a few steps, everything the hook function runs (not its completion callback) is
+``throughput.py``; over a few steps, everything the hook function runs (not its completion callback) is
 counted per bucket: the ATen operators it dispatches (views excluded; about one kernel launch each on CUDA) and,
 on CUDA, host synchronisations (``torch.cuda.set_sync_debug_mode``). The body's wall time includes waiting in
 blocking collectives, so it is only comparable between hooks on an idle machine.
 
-    torchrun --nproc_per_node 2 benchmarks/ddp_hook_profile.py --model progressive --device cpu
-    torchrun --nproc_per_node 2 benchmarks/ddp_hook_profile.py --model progressive --device cuda --out prof.json
+    torchrun --nproc_per_node 2 benchmarks/ddp/hook_profile.py --model progressive --device cpu
+    torchrun --nproc_per_node 2 benchmarks/ddp/hook_profile.py --model progressive --device cuda --out prof.json
 """
 
 import argparse
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.ddp_throughput import HOOK_ARGS, HOOK_OF_VARIANT, build, make_batch
+from throughput import HOOK_ARGS, HOOK_OF_VARIANT, build, make_batch  # benchmarks/ddp/throughput.py
 from fusion.distributed.registry import make_comm_hook
 
 VIEW_OPS = {"view", "_unsafe_view", "reshape", "slice", "select", "as_strided", "alias", "detach", "expand",

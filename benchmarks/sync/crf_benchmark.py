@@ -8,8 +8,8 @@ by device synchronisation. Besides the default dispatch ("auto"), the script tim
 (log Z by the sequential scaled recursion and by the tree reduction; decoding with stored backpointers or with
 backpointers recomputed along the path) so the dispatch choice can be checked on each device.
 
-    python benchmarks/crf_benchmark.py --device cpu --threads 1 --out benchmarks/results_crf_cpu.json
-    python benchmarks/crf_benchmark.py --device cuda --out results_crf_gpu.json
+    python benchmarks/sync/crf_benchmark.py --device cpu --threads 1 --out benchmarks/sync/results/crf_cpu_1thread.json
+    python benchmarks/sync/crf_benchmark.py --device cuda --out results_crf_gpu.json
 """
 
 import argparse

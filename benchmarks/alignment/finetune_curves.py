@@ -5,9 +5,9 @@ markdown table of a metric per epoch (or per logged step), the first point at wh
 target (by default 98 % of the best value any run reached; for ``--lower-is-better`` 102 % of the lowest)
 and ``test/acc`` from ``metrics.json``; optionally saves a plot.
 
-    python benchmarks/clip_finetune_curves.py --run scratch=checkpoints/progressive/scratch \
-        --run aligned=checkpoints/progressive/aligned --plot benchmarks/clip_finetune_curves.png
-    python benchmarks/clip_finetune_curves.py ... --metric train/loss_step --axis step --lower-is-better
+    python benchmarks/alignment/finetune_curves.py --run scratch=checkpoints/progressive/scratch \
+        --run aligned=checkpoints/progressive/aligned --plot finetune_curves.png
+    python benchmarks/alignment/finetune_curves.py ... --metric train/loss_step --axis step --lower-is-better
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ replacement, from disjoint image pools for train/val and test) and a caption nam
 split is one FSDD speaker that never appears in training; val is a random share of the other speakers'
 recordings. Paths in the manifest are absolute, so the data is read in place and never copied.
 
-    python benchmarks/clip_build_digits_manifest.py --out datasets/mnist_fsdd/manifest.csv
+    python benchmarks/alignment/build_digits_manifest.py --out datasets/mnist_fsdd/manifest.csv
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 
 
 def default_data_root() -> Path:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     return Path(os.environ.get("FUSION_REALDATA", repo.parent / "shared" / "data")).resolve()
 
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# GPU side of the accuracy-vs-latency benchmark: evaluates the run folders trained by benchmarks/eval_cpu.sh
+# GPU side of the accuracy-vs-latency benchmark: evaluates the run folders trained by benchmarks/latency/eval_cpu.sh
 # on CUDA (fp32, bf16 autocast, torch.compile), from the test split cached next to each run
 # (test_batches.pt, written by eval_cpu.sh), so the media files and audio/image decoders are not needed.
 #
-#   bash benchmarks/eval_gpu.sh RESULTS_DIR        # reports go to RESULTS_DIR/<data set>/
+#   bash benchmarks/latency/eval_gpu.sh RESULTS_DIR        # reports go to RESULTS_DIR/<data set>/
 #
 # Needs the run folders (RUNS, default checkpoints/eval_bench). Hydra is imported by the classification task;
 # when it is not installed, copies of hydra, omegaconf and antlr4 under .venv/lib/python3.11/site-packages
 # (pure Python) are put on PYTHONPATH.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 RESULTS=${1:?usage: eval_gpu.sh RESULTS_DIR}
 PY=${PY:-python3}
 RUNS=${RUNS:-checkpoints/eval_bench}
@@ -45,6 +45,6 @@ for set in $SETS; do
   done
   if [[ ${#runs[@]} -eq 0 ]]; then echo "no cached runs for $set under $RUNS"; continue; fi
   echo "== $set on GPU: ${runs[*]}"
-  "$PY" evaluate.py ckpt="$(IFS=,; echo "${runs[*]}")" out_dir="$RESULTS/$set" device=cuda from_cache=true \
-    variants="$VARIANTS" iters="$ITERS" batch_sizes="$BATCH_SIZES" 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
+  "$PY" evaluate.py run="[$(IFS=,; echo "${runs[*]}")]" out_dir="$RESULTS/$set" device=cuda from_cache=true \
+    variants="[$VARIANTS]" iters="$ITERS" batch_sizes="[$BATCH_SIZES]" 2>&1 | grep --line-buffered -v "^W1\|^W0\|torch._dynamo"
 done

@@ -3,7 +3,7 @@
 Useful for a run that was stopped before its final test (best.ckpt is written after every improving
 epoch). The data is rebuilt from the run's ``config.yaml``.
 
-    python benchmarks/clip_evaluate.py checkpoints/clip/builtin [--ckpt best.ckpt] [--out metrics_partial.json]
+    python benchmarks/alignment/evaluate_checkpoint.py checkpoints/clip/builtin [--ckpt best.ckpt] [--out metrics_partial.json]
 """
 
 from __future__ import annotations

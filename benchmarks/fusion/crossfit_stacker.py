@@ -1,6 +1,6 @@
 """Refit the cross-fitted decision gate offline, from stored decisions, to see how stable the stacking is.
 
-    python benchmarks/crossfit_stacker.py checkpoints/crossfit_gpu/crossfit_decisions.pt [--seeds 0 1 2] \
+    python benchmarks/fusion/crossfit_stacker.py checkpoints/crossfit_gpu/crossfit_decisions.pt [--seeds 0 1 2] \
         [--mixing logp prob]
 
 Input: `dump_decisions.py` output of cross-fitted runs (test decisions of the final model + out-of-fold
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fusion.fusions.progressive import ProgressiveFusion  # noqa: E402
 from fusion.tasks.cross_fit import fit_decision_gate  # noqa: E402
 

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Alignment acceptance protocol on one GPU (about 6 minutes on one H100 with 16 CPU cores).
 #
-#   benchmarks/clip_gpu.sh OUT
+#   benchmarks/alignment/gpu_protocol.sh OUT
 #
 # Trains and tests, with independent trainings running at the same time:
-#   1. recipe=clip on the built-in digits set (audio->image class R@1 target >= 0.95);
+#   1. recipe=clip on the built-in digits set (audio->image class R1 target >= 0.95);
 #   2. recipe=clip on the MNIST+FSDD+captions manifest (test speaker never seen in training);
 #   3. the supervised audio-only classifier on the same split (the audio->image baseline);
 #   4. progressive fusion on image+audio, from scratch and seeded with the aligned towers (init_from),
 #      on both data sets (learning curves per epoch).
 # Everything lands in OUT: one run folder per training (logs/metrics.csv, metrics.json, config.yaml) and
-# OUT/summary.json (benchmarks/clip_gpu_summary.py) with the acceptance numbers. Checkpoints are deleted at
+# OUT/summary.json (benchmarks/alignment/gpu_summary.py) with the acceptance numbers. Checkpoints are deleted at
 # the end unless KEEP_CKPT=1.
 #
 # Real data: $FUSION_REALDATA (default: .devdata if it holds mnist/ and fsdd/, else ../shared/data).
@@ -19,7 +19,7 @@
 # quick check: EXTRA="+trainer.limit_train_batches=2 +trainer.limit_val_batches=1 +trainer.limit_test_batches=1").
 set -euo pipefail
 
-OUT=${1:?usage: benchmarks/clip_gpu.sh OUT}
+OUT=${1:?usage: benchmarks/alignment/gpu_protocol.sh OUT}
 PY=${PYTHON:-python}
 CLIP_EPOCHS=${CLIP_EPOCHS:-80}
 CLIP_MF_EPOCHS=${CLIP_MF_EPOCHS:-80}
@@ -38,6 +38,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/../.."
 MANIFEST=$OUT/mnist_fsdd_manifest.csv
 START=$(date +%s)
 stamp() { echo "[clip_gpu +$(( $(date +%s) - START ))s] $*"; }
@@ -65,7 +66,7 @@ stamp "data from $FUSION_REALDATA"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >"$OUT/machine.txt" 2>&1
 "$PY" -c "from fusion.data.builtin_digits import ensure_builtin_digits; print(ensure_builtin_digits())" &
 prep=$!
-"$PY" benchmarks/clip_build_digits_manifest.py --out "$MANIFEST"
+"$PY" benchmarks/alignment/build_digits_manifest.py --out "$MANIFEST"
 wait $prep
 
 pids=()
@@ -86,7 +87,7 @@ train ft_mnist_fsdd_scratch "${FT_COMMON[@]}" data.manifest="$MANIFEST" & pids+=
 
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-"$PY" benchmarks/clip_gpu_summary.py "$OUT" || failed=1
+"$PY" benchmarks/alignment/gpu_summary.py "$OUT" || failed=1
 if [ "${KEEP_CKPT:-0}" != 1 ]; then find "$OUT" -name '*.ckpt' -delete; fi
 echo "wall_seconds: $(( $(date +%s) - START ))" >>"$OUT/machine.txt"
 stamp "finished (failed=$failed); summary: $OUT/summary.json"

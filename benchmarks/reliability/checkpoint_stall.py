@@ -8,8 +8,8 @@ Writers: lightning-torch (Lightning's TorchCheckpointIO: fsspec transaction, no 
 write: temp file, fsync, rename, fsync folder), lightning-async (Lightning's AsyncCheckpointIO around our
 atomic writer: clone on the device, unbounded queue), async (ours: copy to CPU, at most one pending write).
 
-    python benchmarks/checkpoint_stall.py --device cpu --params-m 20 --steps 60 --every 10
-    python benchmarks/checkpoint_stall.py --device cuda --params-m 100 --width 4096 --batch 4096 --steps 200 --every 50
+    python benchmarks/reliability/checkpoint_stall.py --device cpu --params-m 20 --steps 60 --every 10
+    python benchmarks/reliability/checkpoint_stall.py --device cuda --params-m 100 --width 4096 --batch 4096 --steps 200 --every 50
 """
 
 from __future__ import annotations

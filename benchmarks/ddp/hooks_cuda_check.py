@@ -1,6 +1,6 @@
 """Do the comm hooks compute on CUDA (NCCL) what they compute on the CPU (gloo)? Run with 2 GPUs:
 
-    torchrun --nproc_per_node 2 benchmarks/hooks_cuda_check.py [--steps 30] [--out FILE] [--only LABEL ...] [--unguarded]
+    torchrun --nproc_per_node 2 benchmarks/ddp/hooks_cuda_check.py [--steps 30] [--out FILE] [--only LABEL ...] [--unguarded]
 
 For every hook configuration, two replicas of one model train side by side in each process from the same
 initial weights on the same batches: one on the CPU whose hook reduces over a gloo group, one on this rank's GPU
@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fusion.distributed.int8
+import fusion.distributed.local_adam
 import fusion.distributed.topk
 from fusion.distributed.registry import make_comm_hook
 
@@ -25,14 +26,12 @@ from fusion.distributed.registry import make_comm_hook
 CONFIGS = {
     "allreduce": ("allreduce", {}, "adamw"),
     "int8": ("int8", {}, "adamw"),
-    "topk": ("topk", {"ratio": 0.01, "warmup_steps": 2}, "adamw"),
+    "topk": ("topk", {"ratio": 0.01, "warmup_steps": 2, "density_warmup_steps": 0}, "adamw"),
     "topk_density_warmup": ("topk", {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 12}, "adamw"),
-    "topk_normalized": ("topk", {"ratio": 0.01, "warmup_steps": 2, "selection": "normalized"}, "adamw"),
-    "topk_momentum": ("topk", {"ratio": 0.01, "warmup_steps": 2, "momentum": 0.9}, "plain_sgd"),
-    "topk_local_adam_dense": ("topk", {"warmup_steps": 1000, "local_adam": True}, "plain_sgd"),
-    "topk_local_adam": ("topk", {"ratio": 0.01, "warmup_steps": 2, "local_adam": True}, "plain_sgd"),
-    "topk_local_adam_density_warmup": ("topk", {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 12,
-                                                "local_adam": True}, "plain_sgd"),
+    "local_adam_dense": ("local_adam", {"warmup_steps": 1000}, "plain_sgd"),
+    "local_adam": ("local_adam", {"ratio": 0.01, "warmup_steps": 2, "density_warmup_steps": 0}, "plain_sgd"),
+    "local_adam_density_warmup": ("local_adam", {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 12},
+                                  "plain_sgd"),
 }
 
 
@@ -84,7 +83,7 @@ def main() -> None:
                         help="turn fusion.distributed.base.used_by_callback off (to see what it prevents)")
     cli = parser.parse_args()
     if cli.unguarded:
-        for module in (fusion.distributed.topk, fusion.distributed.int8):
+        for module in (fusion.distributed.topk, fusion.distributed.int8, fusion.distributed.local_adam):
             module.used_by_callback = lambda *items: None
     # without a GPU (a dry run of this script) the second replica runs on the CPU over the default gloo group
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -4,9 +4,9 @@ Launch with torchrun (CPU/gloo or CUDA/NCCL); no Hydra needed. Synthetic batches
 real recipes' inputs. Every hook trains its own DDP copy of the same model; hooks are timed round-robin
 (``--rounds``), so slow drift of the machine hits all of them alike, and the median round is reported.
 
-    torchrun --nproc_per_node 2 benchmarks/ddp_throughput.py --model progressive-r50 --device cuda --bf16 \
+    torchrun --nproc_per_node 2 benchmarks/ddp/throughput.py --model progressive-r50 --device cuda --bf16 \
         --out results/progressive-r50-2gpu.json
-    python benchmarks/ddp_throughput.py --report results/*.json > results.md   # scaling table + slow link
+    python benchmarks/ddp/throughput.py --report results/*.json > results.md   # scaling table + slow link
 
 Slow link: each JSON row carries the measured step time and the wire bytes/collectives per step, so the
 report adds a time-per-byte model, ``t_link = t_measured + bytes / bandwidth + collectives * latency``
@@ -38,7 +38,7 @@ HOOK_ARGS = {
     "fp16": {},
     "bf16": {},
     "int8": {},
-    "topk": {"ratio": 0.001, "warmup_steps": 2},
+    "topk": {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 0},  # 0.1 % after 2 dense steps
     "powersgd": {"rank": 2, "warmup_steps": 2},
     "int8_tensor": {"granularity": "tensor"},  # int8 with one scale per tensor instead of per 512-block
 }

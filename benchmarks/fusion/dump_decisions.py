@@ -1,6 +1,6 @@
 """Decisions of trained fusion runs, stored for offline analysis of decision gates.
 
-    python benchmarks/dump_decisions.py --out decisions.pt RUN_DIR [RUN_DIR ...] [--jobs 5]
+    python benchmarks/fusion/dump_decisions.py --out decisions.pt RUN_DIR [RUN_DIR ...] [--jobs 5]
 
 For every run folder: the best checkpoint's decisions on the test split (each modality's, the fused state's, and
 the gated output) and, for cross-fitted runs, the out-of-fold decisions of its folds; as float16, keyed by the
@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def half(data: dict) -> dict:
