@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import random
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,9 +15,12 @@ from torchvision import transforms
 
 from fusion.data.builtin_digits import ensure_builtin_digits
 from fusion.data.dataset import Collate, ManifestDataset, decode_media
+from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
 from fusion.data.media import MediaError
 from fusion.data.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 class ManifestDataModule(L.LightningDataModule):
@@ -91,6 +96,10 @@ class ManifestDataModule(L.LightningDataModule):
         """Parses and validates every row and media file; raises ManifestError or writes a skip report."""
         path = self.manifest_path
         rows, problems = parse_manifest(path, self.modalities_arg)
+        if any("video" in row.media for row in rows):
+            raise ManifestError(path, [Problem(0, "video", "classification recipes have no video tower: drop the "
+                                       "column or choose the others with data.modalities=[image,audio,text]; "
+                                       "talking-face videos train with recipe=sync data.video_dir=<folder>")])
         rows, media_problems, decoded = self._decode_all(rows)
         problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
         if problems and self.on_error == "raise":
@@ -99,7 +108,7 @@ class ManifestDataModule(L.LightningDataModule):
         if problems and run_dir is not None:
             write_skip_report(Path(run_dir) / "skipped_rows.csv", problems)
         if problems:
-            print(f"[data] skipped {len(problems)} problem(s) in '{path}'" + (f"; see {Path(run_dir) / 'skipped_rows.csv'}" if run_dir else ""))
+            log.warning(f"skipped {len(problems)} problem(s) in '{path}'" + (f"; see {Path(run_dir) / 'skipped_rows.csv'}" if run_dir else ""))
         splits = self._assign_splits(rows, path)
         self.modalities = sorted({m for r in rows for m in r.media})
         self.classes = sort_labels({r.label for r in rows})
@@ -115,7 +124,13 @@ class ManifestDataModule(L.LightningDataModule):
     def _decode_all(self, rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[Problem], dict]:
         """Decodes every media file once, so unreadable files are found before training starts."""
         good, problems, decoded = [], [], {}
-        for row in rows:
+        files = sum(1 for row in rows for m in row.media if m != "text")
+        log.info("checking %d rows: decoding %d media files once", len(rows), files)
+        start = last_report = time.perf_counter()
+        for index, row in enumerate(rows):
+            if time.perf_counter() - last_report > 5.0:
+                last_report = time.perf_counter()
+                log.info("  %d/%d rows checked (%.0f rows/s)", index, len(rows), index / (last_report - start))
             row_values, row_problems = {}, []
             for m, value in row.media.items():
                 if m == "text":
@@ -130,6 +145,9 @@ class ManifestDataModule(L.LightningDataModule):
                 good.append(row)
                 if self.cache:
                     decoded.update(row_values)
+        seconds = time.perf_counter() - start
+        log.info("decoded %d files in %.1f s (%.0f files/s), %d problem(s)", files, seconds, files / max(seconds, 1e-9),
+                 len(problems))
         return good, problems, decoded
 
     def _assign_splits(self, rows: list[ManifestRow], path: Path) -> dict[str, list[ManifestRow]]:
@@ -177,10 +195,10 @@ class ManifestDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return with_eval_sampler(self._loader("val", shuffle=False))  # under DDP: every row once
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return with_eval_sampler(self._loader("test", shuffle=False))
 
 
 def sort_labels(labels: set[str]) -> list[str]:
