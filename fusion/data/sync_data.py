@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.video_io import DEFAULT_MOUTH_BOX, load_sync_clip
 from fusion.files import atomic_write, fusion_home
 from fusion.temporal.offsets import (
@@ -252,8 +253,10 @@ class SyncDataModule(L.LightningDataModule):
         return DataLoader(data, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                           drop_last=len(data) > self.batch_size, persistent_workers=self.num_workers > 0)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_set("val", 1), batch_size=self.batch_size, num_workers=self.num_workers)
+    def val_dataloader(self) -> DataLoader:  # under DDP: every window once (with_eval_sampler)
+        return with_eval_sampler(DataLoader(self._eval_set("val", 1), batch_size=self.batch_size,
+                                            num_workers=self.num_workers))
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval_set("test", 0), batch_size=self.batch_size, num_workers=self.num_workers)
+        return with_eval_sampler(DataLoader(self._eval_set("test", 0), batch_size=self.batch_size,
+                                            num_workers=self.num_workers))
