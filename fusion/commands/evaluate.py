@@ -38,6 +38,7 @@ def run(cfg: DictConfig) -> None:
     route_lightning_logs_to_root()
     paths = run_folders(cfg.run)
     settings = OmegaConf.to_container(cfg, resolve=True)
+    settings["data"] = {key: value for key, value in settings["data"].items() if value is not None}
     if any(is_sync_run(path) for path in paths):
         if len(paths) != 1:
             raise ConfigError("a sync run is evaluated on its own: run=<sync run folder>")

@@ -16,7 +16,8 @@ import torch
 import yaml
 from torch import nn
 
-CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
+from fusion.errors import ConfigError
+from fusion.runtime.checkpoints import CheckpointError, resolve_checkpoint
 
 
 def locate(target: str) -> type:
@@ -51,27 +52,15 @@ def instantiate(config: dict, **kwargs: object) -> object:
     return locate(config["_target_"])(**arguments, **kwargs)
 
 
-def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """``(run folder, checkpoint file)`` for a run folder (best.ckpt, else last.ckpt) or a .ckpt file."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return path, path / name
-        raise FileNotFoundError(f"run folder '{path}' has neither {' nor '.join(CHECKPOINT_NAMES)}")
-    if path.is_file():
-        return path.parent, path
-    raise FileNotFoundError(f"ckpt '{path}' is neither a run folder nor a checkpoint file")
-
-
 def read_config(run_dir: Path) -> dict:
     """The resolved config the run was trained with (``<run folder>/config.yaml``)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' not found: evaluation needs the run's resolved config next to its checkpoint")
+        raise CheckpointError(f"'{path}' not found: a run is read from its folder, with the resolved config.yaml "
+                              "next to its checkpoint")
     config = yaml.safe_load(path.read_text())
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
-        raise ValueError(f"'{path}' has no 'model' and 'data' sections")
+        raise CheckpointError(f"'{path}' has no 'model' and 'data' sections")
     return config
 
 
@@ -110,7 +99,7 @@ def load_run(path: str | Path) -> LoadedRun:
     config = read_config(run_dir)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"'{checkpoint_path}' is not a Lightning checkpoint with hyper_parameters and state_dict")
+        raise CheckpointError(f"'{checkpoint_path}' is not a Lightning checkpoint with hyper_parameters and state_dict")
     task_class = locate(config["model"]["_target_"])
     task = task_class(**checkpoint["hyper_parameters"])
     task.load_state_dict(checkpoint["state_dict"])
@@ -153,10 +142,10 @@ def save_batch_cache(batches: list[dict], data_config: dict, path: Path) -> None
 def load_batch_cache(path: Path, data_config: dict) -> list[dict]:
     """Test batches from ``save_batch_cache``; refuses a cache made from a different data config."""
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' not found: run evaluate.py with cache_batches=true where the data is")
+        raise ConfigError(f"'{path}' not found: run evaluate.py with cache_batches=true where the data is")
     cache = torch.load(path, map_location="cpu", weights_only=True)
     if cache["data"] != data_config:
-        raise ValueError(f"'{path}' was made from data config {cache['data']}, not {data_config}")
+        raise ConfigError(f"'{path}' was made from data config {cache['data']}, not {data_config}")
     return [_unpack(batch) for batch in cache["batches"]]
 
 
@@ -177,9 +166,9 @@ def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path) -> tu
     datamodule.setup("test")
     spec, trained = datamodule.spec, run.data_spec
     if list(spec["classes"]) != list(trained["classes"]):
-        raise ValueError(f"data classes {spec['classes']} differ from the classes {trained['classes']} that "
+        raise ConfigError(f"data classes {spec['classes']} differ from the classes {trained['classes']} that "
                          f"'{run.checkpoint}' was trained on")
     missing = sorted(set(trained["modalities"]) - set(spec["modalities"]))
     if missing:
-        raise ValueError(f"data lacks modality {missing} that '{run.checkpoint}' was trained on")
+        raise ConfigError(f"data lacks modality {missing} that '{run.checkpoint}' was trained on")
     return list(datamodule.test_dataloader()), datamodule

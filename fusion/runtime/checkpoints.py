@@ -59,6 +59,26 @@ def tensor_checksum(obj: Any) -> int:
     return crc
 
 
+CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint file)`` for a run folder (its best.ckpt, else last.ckpt) or a checkpoint file.
+
+    Raises:
+        CheckpointError: naming the path, if it is neither.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (path / name).is_file():
+                return path, path / name
+        raise CheckpointError(f"run folder '{path}' has neither {' nor '.join(CHECKPOINT_NAMES)}")
+    if path.is_file():
+        return path.parent, path
+    raise CheckpointError(f"run '{path}' is neither a run folder nor a checkpoint file")
+
+
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
     """Loads a checkpoint with `weights_only=True` (on the CPU unless `map_location` says otherwise).
 

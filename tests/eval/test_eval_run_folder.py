@@ -12,11 +12,12 @@ import yaml
 from PIL import Image
 
 from fusion.eval.robustness import evaluate_robustness, remove_modality
-from fusion.eval.run_folder import load_run, resolve_checkpoint
+from fusion.eval.run_folder import load_run
 from fusion.eval.sweep import EvalSettings, run_sweep
+from fusion.runtime.checkpoints import CheckpointError, resolve_checkpoint
 from fusion.tasks.classify import ClassificationTask
+from tests.helpers.recipes import RECIPES
 
-REPO = Path(__file__).resolve().parents[2]
 TASK_TARGET = "fusion.tasks.classify.ClassificationTask"
 ENCODERS = {
     "image": {"_target_": "fusion.encoders.image.ImageEncoder", "backbone": "cnn", "in_channels": 1, "out_dim": 16,
@@ -31,8 +32,8 @@ DATA = {"_target_": "fusion.data.datamodule.ManifestDataModule", "batch_size": 4
 
 
 def fusion_config(kind: str) -> dict:
-    """The recipe's fusion config (recipes/model/<kind>.yaml), shrunk."""
-    config = yaml.safe_load((REPO / "recipes" / "model" / f"{kind}.yaml").read_text())["fusion"]
+    """The recipe's fusion config (recipes/model/fusion/<kind>.yaml), shrunk."""
+    config = yaml.safe_load((RECIPES / "model" / "fusion" / f"{kind}.yaml").read_text())
     return {**config, "hidden_dim": 16}
 
 
@@ -114,10 +115,10 @@ def test_samples_left_without_any_modality_are_left_out_of_removal_accuracy(tmp_
 
 
 def test_missing_checkpoint_and_config_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="best.ckpt"):
+    with pytest.raises(CheckpointError, match="best.ckpt"):
         load_run(tmp_path)
     (tmp_path / "last.ckpt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    with pytest.raises(CheckpointError, match="config.yaml"):
         load_run(tmp_path)
 
 
@@ -140,7 +141,7 @@ def test_sweep_over_run_folders_writes_one_report_and_cached_batches_match(tmp_p
     media.mkdir()
     data = {**DATA, "manifest": str(write_tiny_manifest(media))}
     runs = [str(make_run(tmp_path / "runs", kind, SPEC, data)[0]) for kind in ("early", "late")]
-    settings = EvalSettings(ckpt=runs, out_dir=str(tmp_path / "report"), devices=["cpu"], variants=["fp32", "int8"],
+    settings = EvalSettings(run=runs, out_dir=str(tmp_path / "report"), devices=["cpu"], variants=["fp32", "int8"],
                             threads=1, warmup=1, iters=5, batch_sizes=[4], noise_levels=[0.0, 1.0],
                             cache_batches=True)
     report, paths = run_sweep(settings, log=lambda message: None)
@@ -153,23 +154,20 @@ def test_sweep_over_run_folders_writes_one_report_and_cached_batches_match(tmp_p
     assert paths["png"].stat().st_size > 0 and "| early | early | 1 | fp32 | cpu |" in paths["md"].read_text()
     stored = torch.load(Path(runs[0]) / "test_batches.pt", weights_only=True)["batches"][0]
     assert stored["audio"]["__pcm16__"].dtype == torch.int16  # 16-bit WAV samples kept losslessly as int16
-    cached, _ = run_sweep(EvalSettings(ckpt=runs[:1], out_dir=str(tmp_path / "cached"), devices=["cpu"],
+    cached, _ = run_sweep(EvalSettings(run=runs[:1], out_dir=str(tmp_path / "cached"), devices=["cpu"],
                                        variants=["fp32"], threads=1, warmup=1, iters=3, batch_sizes=[4],
                                        robustness=False, from_cache=True), log=lambda message: None)
     assert cached["rows"][0]["acc"] == report["rows"][0]["acc"]
     assert cached["rows"][0]["macro_f1"] == report["rows"][0]["macro_f1"]
 
 
-def test_evaluate_cli_parses_sweep_and_data_overrides():
-    import importlib.util
+def test_evaluate_config_takes_runs_and_data_overrides():
+    from fusion.commands.app import compose_config
+    from fusion.commands.evaluate import run_folders
 
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    parsed = cli.parse_arguments(["ckpt=a,b", "c", "data.manifest=m.csv", "data.modalities=[image,audio]",
-                                  "device=cpu", "batch_sizes=[8,64]", "robustness=false", "threads=2"])
-    assert parsed["ckpt"] == ["a", "b", "c"] and parsed["device"] == ["cpu"] and parsed["batch_sizes"] == [8, 64]
-    assert parsed["data"] == {"manifest": "m.csv", "modalities": ["image", "audio"]}
-    assert parsed["robustness"] is False and parsed["threads"] == 2
-    with pytest.raises(SystemExit, match="unknown argument 'bogus=1'"):
-        cli.parse_arguments(["bogus=1"])
+    cfg = compose_config("evaluate", ["run=[a,b]", "data.manifest=m.csv", "data.modalities=[image,audio]",
+                                      "device=[cpu]", "batch_sizes=[8,64]", "robustness=false", "threads=2"])
+    assert run_folders(cfg.run) == ["a", "b"] and run_folders("c") == ["c"]
+    assert cfg.data.manifest == "m.csv" and list(cfg.data.modalities) == ["image", "audio"]
+    assert list(cfg.device) == ["cpu"] and list(cfg.batch_sizes) == [8, 64]
+    assert cfg.robustness is False and cfg.threads == 2
