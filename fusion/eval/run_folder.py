@@ -1,55 +1,23 @@
 """Loading a trained run folder (config.yaml + best.ckpt/last.ckpt) for evaluation.
 
-Weights are read with ``torch.load(weights_only=True)`` and the task is rebuilt from the checkpoint's
-``hyper_parameters`` (plain dicts), so no pickled code runs. Configs are read with plain ``yaml``; nested
-``_target_`` configs are built with Hydra's ``instantiate`` when it is installed, else with a small
-equivalent, so evaluating a run needs no Hydra config tree.
+Weights are read with the project's one checkpoint loader (weights only, checksum verified) and the task is
+rebuilt from the checkpoint's ``hyper_parameters`` (plain dicts), so no pickled code runs. The run's resolved
+config.yaml is read with plain ``yaml``; ``_target_`` configs are built with Hydra's ``instantiate``, so
+evaluating a run needs no config tree.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from hydra.utils import get_class, instantiate
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.runtime.checkpoints import CheckpointError, resolve_checkpoint
-
-
-def locate(target: str) -> type:
-    """Imports ``package.module.Name``."""
-    module_name, _, attribute = target.rpartition(".")
-    if not module_name:
-        raise ValueError(f"_target_ '{target}' is not a dotted path")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"cannot import _target_ '{target}': {err}") from err
-
-
-def instantiate(config: dict, **kwargs: object) -> object:
-    """Builds ``config['_target_'](**config, **kwargs)``, nested ``_target_`` dicts first (like Hydra's)."""
-    try:
-        from hydra.utils import instantiate as hydra_instantiate
-    except ImportError:
-        hydra_instantiate = None
-    if hydra_instantiate is not None:
-        return hydra_instantiate(config, **kwargs, _convert_="all")
-
-    def build(value: object) -> object:
-        if isinstance(value, dict):
-            built = {key: build(item) for key, item in value.items() if key != "_target_"}
-            return locate(value["_target_"])(**built) if "_target_" in value else built
-        if isinstance(value, list):
-            return [build(item) for item in value]
-        return value
-
-    arguments = {key: build(item) for key, item in config.items() if key != "_target_"}
-    return locate(config["_target_"])(**arguments, **kwargs)
+from fusion.runtime.checkpoints import CheckpointError, load_checkpoint_file, resolve_checkpoint
 
 
 def read_config(run_dir: Path) -> dict:
@@ -97,10 +65,10 @@ def load_run(path: str | Path) -> LoadedRun:
     checkpoint's hyper-parameters, weights loaded strictly, in eval mode on CPU."""
     run_dir, checkpoint_path = resolve_checkpoint(path)
     config = read_config(run_dir)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(checkpoint_path)
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"'{checkpoint_path}' is not a Lightning checkpoint with hyper_parameters and state_dict")
-    task_class = locate(config["model"]["_target_"])
+    task_class = get_class(config["model"]["_target_"])
     task = task_class(**checkpoint["hyper_parameters"])
     task.load_state_dict(checkpoint["state_dict"])
     name = str(config.get("recipe_name") or run_dir.parent.name)
@@ -161,7 +129,7 @@ def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path) -> tu
         ValueError: when the data's classes or modalities differ from the ones the model was trained on.
     """
     data_config = test_data_config(run, data_overrides)
-    datamodule = instantiate(data_config)
+    datamodule = instantiate(data_config, _convert_="all")
     datamodule.prepare(out_dir)
     datamodule.setup("test")
     spec, trained = datamodule.spec, run.data_spec
