@@ -8,3 +8,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the key (e.g. `comm_hook.ratio`)."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder named in the config does not exist; the message names the key and the path."""

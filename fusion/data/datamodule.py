@@ -19,6 +19,7 @@ from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
 from fusion.data.media import MediaError
 from fusion.data.tokenizer import build_tokenizer
+from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class ManifestDataModule(L.LightningDataModule):
                  builtin_size: tuple[int, int, int] = (3000, 500, 1000)):
         super().__init__()
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
+            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         self.manifest = manifest
         self.modalities_arg = list(modalities) if modalities is not None else None
         self.batch_size = batch_size

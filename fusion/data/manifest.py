@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion.errors import UserError
+from fusion.errors import ConfigError, UserError
 
 MODALITIES = ("audio", "image", "text", "video")
 FILE_MODALITIES = ("audio", "image", "video")
@@ -158,7 +158,7 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
     if modalities is not None:
         unknown = sorted(set(modalities) - set(MODALITIES))
         if unknown:
-            raise ValueError(f"data.modalities: unknown modality {unknown}; choose from {list(MODALITIES)}")
+            raise ConfigError(f"data.modalities: unknown modality {unknown}; choose from {list(MODALITIES)}")
         missing = sorted(set(modalities) - set(present))
         if missing:
             raise ManifestError(path, [Problem(0, m, "requested in data.modalities but not a column of the manifest") for m in missing])

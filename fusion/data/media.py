@@ -8,7 +8,7 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, UnidentifiedImageError
 
-from fusion.errors import UserError
+from fusion.errors import ConfigError, UserError
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
 
@@ -24,7 +24,7 @@ class MediaError(UserError, ValueError):
 def load_image(path: str, channels: int) -> Image.Image:
     """Decodes an image fully (so truncated files fail here) and converts it to L (1) or RGB (3) channels."""
     if channels not in (1, 3):
-        raise ValueError(f"data.image_channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"data.image_channels must be 1 or 3, got {channels}")
     try:
         with Image.open(path) as img:
             img.load()

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.video_io import DEFAULT_MOUTH_BOX, load_sync_clip
+from fusion.errors import ConfigError, MissingFileError
 from fusion.files import atomic_write, fusion_home
 from fusion.temporal.offsets import (
     inject_offset,
@@ -132,9 +133,9 @@ class SyncDataModule(L.LightningDataModule):
                  on_error: str = "raise", augment: bool = True, max_clips: int | None = None) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_offset < 1 or window < 2:
-            raise ValueError(f"data.max_offset ({max_offset}) must be >= 1 and data.window ({window}) >= 2")
+            raise ConfigError(f"data.max_offset ({max_offset}) must be >= 1 and data.window ({window}) >= 2")
         self.video_dir = Path(video_dir).expanduser() if video_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else fusion_home() / "cache" / "sync"
         self.num_test, self.num_val, self.split_seed = num_test, num_val, split_seed
@@ -151,14 +152,14 @@ class SyncDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------------------------- loading
     def list_files(self) -> list[Path]:
         if self.video_dir is None:
-            raise ValueError("data.video_dir is not set: pass data.video_dir=<folder of in-sync videos>")
+            raise ConfigError("data.video_dir is not set: pass data.video_dir=<folder of in-sync videos>")
         if not self.video_dir.is_dir():
-            raise FileNotFoundError(f"data.video_dir '{self.video_dir}' is not a folder")
+            raise MissingFileError(f"data.video_dir '{self.video_dir}' is not a folder")
         files = sorted(p for p in self.video_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
         if self.max_clips:
             files = files[: self.max_clips]
         if not files:
-            raise FileNotFoundError(f"data.video_dir '{self.video_dir}' has no video files ({', '.join(VIDEO_EXTENSIONS)})")
+            raise MissingFileError(f"data.video_dir '{self.video_dir}' has no video files ({', '.join(VIDEO_EXTENSIONS)})")
         return files
 
     def _cache_path(self, files: list[Path]) -> Path:
@@ -208,7 +209,7 @@ class SyncDataModule(L.LightningDataModule):
             problems.append((str(self.video_dir), f"mixed frame rates {rates}; use videos of one rate"))
         if problems and self.on_error == "raise":
             lines = "\n".join(f"  {path}: {why}" for path, why in problems)
-            raise ValueError(f"{len(problems)} unusable video(s) in '{self.video_dir}' (data.on_error=skip skips them):\n{lines}")
+            raise ConfigError(f"{len(problems)} unusable video(s) in '{self.video_dir}' (data.on_error=skip skips them):\n{lines}")
         if run_dir is not None and problems:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             with open(Path(run_dir) / "skipped_videos.csv", "w", newline="") as out:
@@ -216,7 +217,7 @@ class SyncDataModule(L.LightningDataModule):
                 writer.writerow(["file", "problem"])
                 writer.writerows(problems)
         if len(usable) <= self.num_test + self.num_val:
-            raise ValueError(f"{len(usable)} usable videos in '{self.video_dir}' leave none for training "
+            raise ConfigError(f"{len(usable)} usable videos in '{self.video_dir}' leave none for training "
                              f"(data.num_test={self.num_test}, data.num_val={self.num_val})")
         for clip in usable:
             clip["audio"] = clip["audio"].float()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from fusion.errors import MissingFileError
+
 
 class ByteTokenizer:
     """UTF-8 byte tokenizer with [PAD]=0, [CLS]=1, [SEP]=2; byte b maps to id b + 3."""
@@ -28,7 +30,7 @@ class PretrainedTokenizer:
         from transformers import AutoTokenizer
 
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"data.text_model: '{path}' is not a local directory with a tokenizer")
+            raise MissingFileError(f"data.text_model: '{path}' is not a local directory with a tokenizer")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.vocab_size = len(self.tokenizer)
 

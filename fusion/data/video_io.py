@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from fusion.errors import ConfigError, MissingFileError
+
 # GRID (360x288, frontal): rows 170-250, columns 120-216 contain the lips and chin.
 DEFAULT_MOUTH_BOX = (0.59, 0.333, 0.28, 0.267)
 
@@ -47,17 +49,17 @@ def read_video(path: str | Path) -> DecodedVideo:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"video file '{path}' does not exist")
+        raise MissingFileError(f"video file '{path}' does not exist")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"video file '{path}' has no video stream")
+                raise ConfigError(f"video file '{path}' has no video stream")
             if not container.streams.audio:
-                raise ValueError(f"video file '{path}' has no audio stream")
+                raise ConfigError(f"video file '{path}' has no audio stream")
             video_stream = container.streams.video[0]
             rate = video_stream.average_rate or video_stream.guessed_rate
             if not rate:
-                raise ValueError(f"video file '{path}': cannot determine the frame rate")
+                raise ConfigError(f"video file '{path}': cannot determine the frame rate")
             frames, video_start = [], None
             for frame in container.decode(video=0):
                 if video_start is None and frame.time is not None:
@@ -76,11 +78,11 @@ def read_video(path: str | Path) -> DecodedVideo:
                 chunks.append(converted.to_ndarray())
             sample_rate = int(audio_stream.rate)
     except av.error.FFmpegError as err:
-        raise ValueError(f"video file '{path}' cannot be decoded: {err}") from None
+        raise ConfigError(f"video file '{path}' cannot be decoded: {err}") from None
     if not frames:
-        raise ValueError(f"video file '{path}' has no decodable video frames")
+        raise ConfigError(f"video file '{path}' has no decodable video frames")
     if not chunks:
-        raise ValueError(f"video file '{path}' has no decodable audio")
+        raise ConfigError(f"video file '{path}' has no decodable audio")
     audio = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))  # (C, L)
     # Put the audio on the video's clock: a stream that starts later is padded with silence, earlier is cut.
     lead = round(((audio_start or 0.0) - (video_start or 0.0)) * sample_rate)

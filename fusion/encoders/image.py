@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusion.errors import ConfigError, MissingFileError
+
 
 class SmallConvNet(nn.Module):
     """Three conv blocks (conv-BN-ReLU, pool) of width w, 2w, 4w; about 2.5 M multiply-adds at 32x32, w=16.
@@ -35,11 +37,11 @@ def torchvision_trunk(name: str, in_channels: int, weights_path: str | None) -> 
     try:
         model = torchvision.models.get_model(name, weights=None)
     except ValueError:
-        raise ValueError(f"encoders.image.backbone: unknown torchvision model '{name}'") from None
+        raise ConfigError(f"encoders.image.backbone: unknown torchvision model '{name}'") from None
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"encoders.image.weights_path: '{path}' does not exist")
+            raise MissingFileError(f"encoders.image.weights_path: '{path}' does not exist")
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     if hasattr(model, "features"):  # VGG, MobileNet, EfficientNet, ConvNeXt, DenseNet

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusion.errors import MissingFileError
+
 
 def masked_mean(tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid tokens: (B, T, D), (B, T) -> (B, D)."""
@@ -35,7 +37,7 @@ class TextEncoder(nn.Module):
             from transformers import AutoModel
 
             if not Path(pretrained_path).is_dir():
-                raise FileNotFoundError(f"encoders.text.pretrained_path: '{pretrained_path}' is not a local model directory")
+                raise MissingFileError(f"encoders.text.pretrained_path: '{pretrained_path}' is not a local model directory")
             self.backbone = AutoModel.from_pretrained(pretrained_path, local_files_only=True)
             if freeze:
                 self.backbone.requires_grad_(False)

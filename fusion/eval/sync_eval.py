@@ -94,7 +94,7 @@ def evaluate_sync(cfg) -> dict[str, float]:
     data_spec = datamodule.spec
     clash = {k: (spec[k], data_spec[k]) for k in MODEL_FEATURE_KEYS if spec.get(k) != data_spec.get(k)}
     if clash:
-        raise ValueError(f"data settings differ from the checkpoint '{ckpt_path}' (checkpoint, data): {clash}")
+        raise ConfigError(f"data settings differ from the checkpoint '{ckpt_path}' (checkpoint, data): {clash}")
 
     max_offset, subframes, fps = spec["max_offset"], spec["subframes"], float(data_spec["fps"])
     outputs = predict_windows(model, datamodule.test_dataloader(), device, max_offset, subframes)

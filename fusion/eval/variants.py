@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fusion.errors import ConfigError
+
 VARIANT_NAMES = ("fp32", "bf16", "compile", "int8")
 
 
@@ -79,7 +81,7 @@ def build_variants(
     device = torch.device(device)
     unknown = sorted(set(names) - set(VARIANT_NAMES))
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANT_NAMES)}")
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANT_NAMES)}")
     model = model.to(device).eval()
     variants: list[Variant] = []
     skipped: dict[str, str] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
 from fusion.fusions.gating import ModalityGate
 from fusion.fusions.late import confidence_features
@@ -46,9 +47,9 @@ class ProgressiveFusion(Fusion):
                  decision_mixing: str = "logp"):
         super().__init__()
         if decision_gate_inputs not in ("states", "confidence"):
-            raise ValueError(f"decision_gate_inputs must be 'states' or 'confidence', got {decision_gate_inputs!r}")
+            raise ConfigError(f"decision_gate_inputs must be 'states' or 'confidence', got {decision_gate_inputs!r}")
         if decision_mixing not in ("logp", "prob"):
-            raise ValueError(f"decision_mixing must be 'logp' or 'prob', got {decision_mixing!r}")
+            raise ConfigError(f"decision_mixing must be 'logp' or 'prob', got {decision_mixing!r}")
         self.decision_gate_inputs, self.decision_mixing = decision_gate_inputs, decision_mixing
         gate = gate or {}
         self.modalities = sorted(modality_dims)
@@ -57,7 +58,7 @@ class ProgressiveFusion(Fusion):
         self.stage_gates = nn.ModuleList(ModalityGate({m: h for m in self.modalities}, **gate) for _ in range(num_stages))
         self.fusers = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h)) for _ in range(num_stages))
         if num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+            raise ConfigError(f"num_stages must be >= 1, got {num_stages}")
         self.feedback = nn.ModuleList(nn.ModuleDict({m: nn.Linear(h, h) for m in self.modalities}) for _ in range(num_stages - 1))
         self.blocks = nn.ModuleList(
             nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * h, h))

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
-from fusion.errors import UserError
+from fusion.errors import ConfigError, UserError
 from fusion.files import atomic_write, fsync_directory
 
 CHECKSUM_KEY = "tensor_crc32"
@@ -276,7 +276,7 @@ def build_checkpoint_io(mode: str) -> AtomicCheckpointIO:
         return AtomicCheckpointIO()
     if mode == "async":
         return AsyncAtomicCheckpointIO()
-    raise ValueError(f"checkpoint_io must be 'sync' or 'async', got '{mode}'")
+    raise ConfigError(f"checkpoint_io must be 'sync' or 'async', got '{mode}'")
 
 
 class LatestOnTiesCheckpoint(ModelCheckpoint):

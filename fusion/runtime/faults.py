@@ -17,7 +17,7 @@ import lightning as L
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import _set_pg_timeout
 
-from fusion.errors import UserError
+from fusion.errors import ConfigError, UserError
 
 
 class PeerFailureError(UserError, RuntimeError):
@@ -33,7 +33,7 @@ class CollectiveTimeout(L.Callback):
 
     def __init__(self, seconds: float):
         if seconds <= 0:
-            raise ValueError(f"ddp_timeout_s must be positive, got {seconds}")
+            raise ConfigError(f"ddp_timeout_s must be positive, got {seconds}")
         self.seconds = float(seconds)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

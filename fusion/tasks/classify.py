@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
 
+from fusion.errors import ConfigError
 from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
@@ -22,7 +24,7 @@ def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_d
     """Instantiates the encoders of the data's modalities and a fusion over their output sizes."""
     missing = [m for m in data_spec["modalities"] if m not in encoders]
     if missing:
-        raise ValueError(f"model.encoders has no config for modality {missing} present in the data")
+        raise ConfigError(f"model.encoders has no config for modality {missing} present in the data")
     built = {m: instantiate(encoders[m]) for m in data_spec["modalities"]}
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
@@ -177,7 +179,7 @@ class ClassificationTask(L.LightningModule):
             optimizer = torch.optim.SGD(self.parameters(), lr=hparams.lr, momentum=hparams.momentum,
                                         weight_decay=hparams.weight_decay)
         else:
-            raise ValueError(f"model.optimizer must be 'adamw' or 'sgd', got {hparams.optimizer!r}")
+            raise ConfigError(f"model.optimizer must be 'adamw' or 'sgd', got {hparams.optimizer!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total - 1, int(self.hparams.warmup_epochs * steps_per_epoch))

@@ -30,6 +30,7 @@ from torch import nn
 
 from fusion.data.batches import to_device
 from fusion.data.manifest import ManifestRow
+from fusion.errors import ConfigError
 from fusion.files import atomic_write
 from fusion.fusions.base import Fusion
 from fusion.runtime.checkpoints import load_checkpoint_file
@@ -49,7 +50,7 @@ def assign_folds(rows: list[ManifestRow], folds: int, seed: int) -> dict[int, in
     for row in rows:
         groups.setdefault(row.group if row.group is not None else f"\0row{row.row}", []).append(row.row)
     if folds < 2 or len(groups) < folds:
-        raise ValueError(f"cross_fit.folds={folds}: needs at least 2 folds and as many groups as folds; "
+        raise ConfigError(f"cross_fit.folds={folds}: needs at least 2 folds and as many groups as folds; "
                          f"the train split has {len(groups)} group(s)")
     names = sorted(groups)
     random.Random(seed).shuffle(names)
@@ -205,7 +206,7 @@ def out_of_fold_decisions(cfg: DictConfig, run_dir: Path, datamodule, train: Cal
             fold_data = instantiate(fold_cfg.data)
             fold_data.prepare(fold_dir)
             if fold_data.classes != datamodule.classes:
-                raise ValueError(f"cross_fit fold {fold}: its classes {fold_data.classes} differ from the data's "
+                raise ConfigError(f"cross_fit fold {fold}: its classes {fold_data.classes} differ from the data's "
                                  f"{datamodule.classes}; every class needs train rows outside the test split")
             train(fold_cfg, fold_data)
             task = instantiate(cfg.model, data_spec=fold_data.spec, _recursive_=False, _convert_="all")
@@ -222,7 +223,7 @@ def attach_out_of_fold_decisions(task: nn.Module, cfg: DictConfig, run_dir: Path
     """Gives a classification task the out-of-fold decisions its decision gate is refitted on after training."""
     fusion = getattr(getattr(task, "model", None), "fusion", None)
     if not hasattr(task, "out_of_fold") or fusion is None or fusion.decision_gate_module() is None:
-        raise ValueError("cross_fit.folds needs a classifier whose decision gate reads decisions alone: "
+        raise ConfigError("cross_fit.folds needs a classifier whose decision gate reads decisions alone: "
                          "recipe=progressive with model.fusion.decision_gate_inputs=confidence")
     task.out_of_fold = out_of_fold_decisions(cfg, run_dir, datamodule, train)
     task.out_of_fold_epochs, task.out_of_fold_lr = int(cfg.cross_fit.epochs), float(cfg.cross_fit.lr)
