@@ -1,14 +1,11 @@
-"""Estimate the audio-video offset of one video file with a trained sync checkpoint.
+"""The audio-video offset of one video file with a trained sync checkpoint, and its per-frame path plot.
 
-    python -m fusion.eval.sync_estimate --ckpt checkpoints/sync/<run> video.mp4 [--plot path.png]
-
-Prints the clip-wide offset in ms (positive: audio late) and, with --plot, saves the per-frame Viterbi path
-over the emission scores as a PNG.
+Used by `predict.py run=<sync run> video=<file>|video_dir=<folder>` (fusion/inference/sync.py) and by the sync
+evaluation.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -94,21 +91,3 @@ def plot_path(result: dict, max_offset: int, out: str | Path, title: str = "") -
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Estimate the audio-video offset of a video file.")
-    parser.add_argument("video", help="video file (MPEG, MP4, AVI, ...)")
-    parser.add_argument("--ckpt", required=True, help="sync run folder or checkpoint file")
-    parser.add_argument("--plot", default=None, help="write the per-frame path as a PNG here")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    model, spec, _ = load_sync_model(args.ckpt, args.device)
-    result = estimate_file(model, spec, args.video, args.device)
-    if args.plot:
-        plot_path(result, spec["max_offset"], args.plot, Path(args.video).name)
-    late = "audio late" if result["offset_ms"] > 0 else "audio early" if result["offset_ms"] < 0 else "in sync"
-    print(f"{args.video}: offset {result['offset_ms']:+.0f} ms ({late}; {result['offset_frames']:+.1f} frames)")
-
-
-if __name__ == "__main__":
-    main()

@@ -55,9 +55,15 @@ class Fusion(nn.Module):
 def stack_mask(mask: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:
     """Presence masks in `modalities` order: dict of (B,) -> (B, M) bool; rows with nothing present are an error."""
     present = torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
-    if not bool(present.any(dim=1).all()):
+    # a check on tensor values cannot be traced: an exported graph relies on its caller (fusion/inference) for it
+    if not tracing() and not bool(present.any(dim=1).all()):
         raise ValueError("every sample needs at least one present modality; got a sample with none")
     return present
+
+
+def tracing() -> bool:
+    """True while torch.export / torch.onnx / torch.jit trace the model (no Python branches on tensor values)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def drop_absent(features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], modalities: list[str]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,56 @@
+"""Runs an exported model.onnx with ONNX Runtime (CPU) on the batch dicts of fusion.data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fusion.inference.onnx_export import input_names
+
+
+class OnnxBackend:
+    """`backend(batch) -> (logits (B, K), {"<stage>/<modality>": (B,)})` through an onnxruntime session.
+
+    Args:
+        path: the model.onnx file.
+        modalities: the model's modalities (they fix the input names).
+        threads: intra-op threads (None: onnxruntime's default, every core).
+    """
+
+    def __init__(self, path: str | Path, modalities: list[str], threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.modalities = sorted(modalities)
+        self.inputs = input_names(self.modalities)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        declared = [i.name for i in self.session.get_inputs()]
+        if declared != self.inputs:
+            raise ValueError(f"'{path}' has inputs {declared}, expected {self.inputs}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{input name: array} -> {output name: array}."""
+        values = self.session.run(None, {name: feeds[name] for name in self.inputs})
+        return dict(zip(self.outputs, values, strict=True))
+
+    def feeds_of(self, batch: dict) -> dict[str, np.ndarray]:
+        """ONNX inputs from a batch dict of fusion.data (CPU tensors)."""
+        feeds = {}
+        for m in self.modalities:
+            if m == "text":
+                feeds["text/input_ids"] = batch[m]["input_ids"].numpy().astype(np.int64)
+                feeds["text/attention_mask"] = batch[m]["attention_mask"].numpy().astype(np.int64)
+            else:
+                feeds[m] = batch[m].numpy().astype(np.float32)
+            feeds[f"mask/{m}"] = batch["mask"][m].numpy().astype(bool)
+        return feeds
+
+    def __call__(self, batch: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        outputs = self.run(self.feeds_of(batch))
+        gates = {name[len("gate/"):]: value for name, value in outputs.items() if name.startswith("gate/")}
+        return outputs["logits"], gates
