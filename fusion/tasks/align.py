@@ -119,6 +119,13 @@ class AlignmentTask(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`Trainer.predict`: "embedding/<modality>" (B, E) for every modality and "mask/<modality>" (B,) (rows
+        whose modality is missing hold the placeholder's embedding)."""
+        embeddings = self.model(batch)  # modality -> (B, E)
+        return {**{f"embedding/{m}": z for m, z in embeddings.items()},
+                **{f"mask/{m}": batch["mask"][m] for m in embeddings}}
+
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
 

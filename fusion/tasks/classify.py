@@ -144,6 +144,16 @@ class ClassificationTask(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`Trainer.predict`: logits (B, K), probabilities (B, K), prediction (B,), gate weights by
+        "gate/<stage>/<modality>" (B,) and the manifest row numbers."""
+        result = self.model.forward_with_details(batch)
+        out = {"logits": result.logits, "probs": result.logits.float().softmax(dim=1), "pred": result.logits.argmax(1)}
+        out.update({f"gate/{name}": weights for name, weights in result.gate_weights.items()})
+        if "row" in batch:
+            out["row"] = batch["row"]
+        return out
+
     def on_fit_end(self) -> None:
         """Optional gate fitting on the best weights (held-out calibration, cross-fitted decision gate);
         rewrites the best checkpoint."""

@@ -91,6 +91,15 @@ class SyncTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """`Trainer.predict`: per-frame offsets "path_frames" (B, T) and the window's offset (median of its
+        valid frames) in frames and ms, "offset_frames" / "offset_ms" (B,)."""
+        mask = batch.get("frame_mask")
+        paths = self.model.decode(batch["video"], batch["audio"], mask)  # (B, T)
+        valid = torch.ones_like(paths, dtype=torch.bool) if mask is None else mask.bool()
+        offsets = torch.stack([p[v].float().median() for p, v in zip(paths, valid, strict=True)])  # (B,)
+        return {"path_frames": paths, "offset_frames": offsets, "offset_ms": offsets * 1000.0 / self.fps}
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
