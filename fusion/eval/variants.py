@@ -1,4 +1,5 @@
-"""Inference variants of one trained model: fp32, bf16 autocast, torch.compile, int8 dynamic quantization.
+"""Inference variants of one trained model: fp32, bf16 autocast, torch.compile, int8 dynamic quantization, and
+the ONNX export run by ONNX Runtime on the CPU.
 
 Each variant is a callable ``variant(batch) -> logits`` plus the device it runs on; accuracy is measured for
 every variant by the caller, never assumed equal to the fp32 one.
@@ -15,7 +16,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 
-VARIANT_NAMES = ("fp32", "bf16", "compile", "int8")
+VARIANT_NAMES = ("fp32", "bf16", "compile", "int8", "onnx")
 
 
 @dataclass
@@ -65,6 +66,45 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
         return quantize_dynamic(cpu_copy, names, dtype=torch.qint8)
 
 
+class OnnxRuntimeModel(nn.Module):
+    """``batch -> logits`` through ONNX Runtime (CPU): the model is exported to ONNX on the first call, traced
+    with that batch's shapes (fusion/inference/onnx_export.py; dynamic batch dimension).
+
+    Args:
+        model: a FusionModel (``modalities``, ``forward_with_details``).
+        threads: ONNX Runtime intra-op threads (None: torch's current CPU thread count, like the other variants).
+    """
+
+    def __init__(self, model: nn.Module, threads: int | None = None):
+        super().__init__()
+        self.source = copy.deepcopy(model).cpu().eval()
+        self.threads = threads
+        self.backend = None
+
+    @torch.inference_mode(False)
+    def _export(self, batch: dict) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from fusion.inference.onnx_export import export_onnx
+        from fusion.inference.onnx_runner import OnnxBackend
+
+        example = {name: torch.from_numpy(value.copy())
+                   for name, value in OnnxBackend.feeds_from(batch, self.source.modalities).items()}
+        if next(iter(example.values())).shape[0] == 1:  # a batch of 1 would fix the batch dimension
+            example = {name: value.repeat(2, *[1] * (value.dim() - 1)) for name, value in example.items()}
+        with tempfile.TemporaryDirectory(prefix="fusion-onnx-") as folder:
+            path = Path(folder) / "model.onnx"
+            export_onnx(self.source, path, example)
+            self.backend = OnnxBackend(path, self.source.modalities, self.threads or torch.get_num_threads())
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        if self.backend is None:
+            self._export(batch)
+        logits, _ = self.backend(batch)
+        return torch.from_numpy(logits)
+
+
 def build_variants(
     model: nn.Module, device: torch.device | str, names: tuple[str, ...] | list[str] = VARIANT_NAMES
 ) -> tuple[list[Variant], dict[str, str]]:
@@ -72,7 +112,8 @@ def build_variants(
 
     Args:
         model: Trained fp32 model, ``model(batch) -> (B, num_classes)`` logits.
-        device: ``cpu`` or ``cuda[:i]``. bf16 autocast is built on CUDA only and int8 on CPU only.
+        device: ``cpu`` or ``cuda[:i]``. bf16 autocast is built on CUDA only, int8 and onnx
+            on CPU only.
         names: Subset of ``VARIANT_NAMES``.
 
     Returns:
@@ -100,4 +141,11 @@ def build_variants(
                 skipped[name] = "int8 dynamic quantization runs on CPU only"
             else:
                 variants.append(Variant("int8", int8_dynamic(model), device))
+        elif name == "onnx":
+            if device.type != "cpu":
+                skipped[name] = "the onnx variant runs ONNX Runtime's CPU provider only"
+            elif not hasattr(model, "forward_with_details"):
+                skipped[name] = "ONNX export covers fusion classifiers only"
+            else:
+                variants.append(Variant("onnx", OnnxRuntimeModel(model), device, eager=False))
     return variants, skipped

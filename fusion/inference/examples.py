@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusion.data.dataset import Collate, ManifestDataset, decode_media
-from fusion.data.manifest import FILE_MODALITIES, MODALITIES, ManifestError, ManifestRow, Problem, check_file, read_rows
+from fusion.data.manifest import (
+    FILE_MODALITIES,
+    MODALITIES,
+    ManifestError,
+    ManifestRow,
+    Problem,
+    check_file,
+    read_rows,
+)
 from fusion.data.media import MediaError
 from fusion.inference.preprocessing import Preprocessing
 

@@ -51,10 +51,10 @@ def export_model(model: FusionModel, model_config: dict, prep: Preprocessing, cl
             f.write(save(tensors, metadata={"format": "pt"}))
         config["files"][SAFETENSORS] = file_digest(out / SAFETENSORS)
     if fmt in ("onnx", "both"):
-        from fusion.inference.onnx_export import compare_with_torch, export_onnx
+        from fusion.inference.onnx_export import compare_with_torch, example_inputs, export_onnx
         from fusion.inference.onnx_runner import OnnxBackend
 
-        config["onnx"] = export_onnx(model, prep, out / ONNX)
+        config["onnx"] = export_onnx(model, out / ONNX, example_inputs(prep, 2))
         config["files"][ONNX] = file_digest(out / ONNX)
         if check:
             config["onnx_check"] = compare_with_torch(model, prep, OnnxBackend(out / ONNX, prep.modalities).run)

@@ -8,9 +8,11 @@ in training: its input values are ignored (zero them, or leave anything finite).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,28 +80,38 @@ def example_inputs(prep: Preprocessing, batch_size: int, present: dict[str, bool
     return feeds
 
 
-def gate_names_of(model: FusionModel, prep: Preprocessing) -> list[str]:
-    """Names of the model's gate weights, "<stage>/<modality>", sorted."""
-    with torch.inference_mode():
-        return sorted(model.forward_with_details(batch_of(prep.modalities, example_inputs(prep, 2))).gate_weights)
-
-
-def export_onnx(model: FusionModel, prep: Preprocessing, path: Path) -> dict:
-    """Writes `model` to `path` as ONNX; returns {"inputs", "outputs", "opset"} for config.json."""
+def export_onnx(model: FusionModel, path: Path, example: dict[str, torch.Tensor]) -> dict:
+    """Writes `model` to `path` as ONNX, traced on `example` (tensors by input name, batch size > 1: a size
+    of 1 would be specialised); returns {"inputs", "outputs", "opset"} for config.json."""
     model = model.cpu().eval()
-    gates = gate_names_of(model, prep)
+    with torch.inference_mode():
+        gates = sorted(model.forward_with_details(batch_of(model.modalities, example)).gate_weights)
     graph = ExportGraph(model, gates).eval()
-    names = input_names(prep.modalities)
+    names = input_names(model.modalities)
     outputs = ["logits", *[f"gate/{g}" for g in gates]]
-    feeds = example_inputs(prep, 2)
-    args = tuple(feeds[name] for name in names)
+    args = tuple(example[name] for name in names)
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, args, dynamo=True, input_names=names, output_names=outputs,
-                                    dynamic_shapes=tuple({0: batch} for _ in args), opset_version=OPSET, verbose=False)
+                                    dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=OPSET,
+                                    verbose=False)
     program.save(str(path), external_data=False)
     return {"inputs": names, "outputs": outputs, "opset": OPSET}
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """The exporter's optimiser logs every rewrite at INFO; keep only its warnings while exporting."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def subsets(modalities: list[str]) -> list[tuple[str, ...]]:

@@ -38,19 +38,20 @@ class OnnxBackend:
         values = self.session.run(None, {name: feeds[name] for name in self.inputs})
         return dict(zip(self.outputs, values, strict=True))
 
-    def feeds_of(self, batch: dict) -> dict[str, np.ndarray]:
-        """ONNX inputs from a batch dict of fusion.data (CPU tensors)."""
+    @staticmethod
+    def feeds_from(batch: dict, modalities: list[str]) -> dict[str, np.ndarray]:
+        """ONNX inputs by name from a batch dict of fusion.data (CPU tensors)."""
         feeds = {}
-        for m in self.modalities:
+        for m in sorted(modalities):
             if m == "text":
-                feeds["text/input_ids"] = batch[m]["input_ids"].numpy().astype(np.int64)
-                feeds["text/attention_mask"] = batch[m]["attention_mask"].numpy().astype(np.int64)
+                feeds["text/input_ids"] = batch[m]["input_ids"].cpu().numpy().astype(np.int64)
+                feeds["text/attention_mask"] = batch[m]["attention_mask"].cpu().numpy().astype(np.int64)
             else:
-                feeds[m] = batch[m].numpy().astype(np.float32)
-            feeds[f"mask/{m}"] = batch["mask"][m].numpy().astype(bool)
+                feeds[m] = batch[m].cpu().numpy().astype(np.float32)
+            feeds[f"mask/{m}"] = batch["mask"][m].cpu().numpy().astype(bool)
         return feeds
 
     def __call__(self, batch: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        outputs = self.run(self.feeds_of(batch))
+        outputs = self.run(self.feeds_from(batch, self.modalities))
         gates = {name[len("gate/"):]: value for name, value in outputs.items() if name.startswith("gate/")}
         return outputs["logits"], gates
