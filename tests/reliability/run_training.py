@@ -49,7 +49,7 @@ def main() -> None:
         sig = signal.SIGKILL if args.fault == "kill" else signal.SIGSTOP
         fault = FaultAfterStep(args.fault_after_step, sig, args.fault_rank, Path(cfg.run_dir))
         build = training.build_callbacks
-        training.build_callbacks = lambda cfg, run_dir: [fault, *build(cfg, run_dir)]
+        training.build_callbacks = lambda cfg: [fault, *build(cfg)]
     metrics = training.train(cfg)
     print("metrics", metrics)
 

@@ -96,7 +96,7 @@ def test_evaluate_sync_is_deterministic_and_writes_metrics(video_dir, tmp_path):
     run.mkdir()
     checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}
     torch.save(checkpoint, run / "best.ckpt")
-    cfg = {"ckpt": str(run), "data": {"video_dir": str(video_dir), "cache_dir": str(tmp_path / "cache"), **SETTINGS}}
+    cfg = {"run": str(run), "data": {"video_dir": str(video_dir), "cache_dir": str(tmp_path / "cache"), **SETTINGS}}
     first = evaluate_sync(cfg)
     stored = json.loads((run / "eval_sync" / "metrics.json").read_text())
     assert stored == pytest.approx(first)
