@@ -97,7 +97,7 @@ class ManifestDataModule(L.LightningDataModule):
         """Parses and validates every row and media file; raises ManifestError or writes a skip report."""
         path = self.manifest_path
         rows, problems = parse_manifest(path, self.modalities_arg)
-        if any("video" in row.media for row in rows):
+        if any("video" in row.media for row in rows) or any(problem.column == "video" for problem in problems):
             raise ManifestError(path, [Problem(0, "video", "classification recipes have no video tower: drop the "
                                        "column or choose the others with data.modalities=[image,audio,text]; "
                                        "talking-face videos train with recipe=sync data.video_dir=<folder>")])

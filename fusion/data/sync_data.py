@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +28,8 @@ from fusion.temporal.offsets import (
     sample_offsets,
     valid_window_starts,
 )
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mpg", ".mpeg", ".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -173,10 +177,16 @@ class SyncDataModule(L.LightningDataModule):
         cache = self._cache_path(files)
         if cache.is_file():
             stored = torch.load(cache, weights_only=True)
+            log.info("%d decoded clips from the cache %s", len(stored["clips"]), cache)
             return stored["clips"], [tuple(p) for p in stored["problems"]]
         f = self.features
         clips, problems = [], []
-        for path in files:
+        log.info("decoding %d videos (mouth crops + log-mel) once; cached in %s", len(files), cache)
+        start = last_report = time.perf_counter()
+        for index, path in enumerate(files):
+            if time.perf_counter() - last_report > 5.0:
+                last_report = time.perf_counter()
+                log.info("  %d/%d videos decoded (%.1f files/s)", index, len(files), index / (last_report - start))
             try:
                 clip = load_sync_clip(path, f["sample_rate"], f["n_mels"], f["subframes"], tuple(f["mouth_box"]),
                                       (f["crop_size"], f["crop_size"]))

@@ -145,3 +145,10 @@ def test_seeded_split_when_no_split_column(tmp_path):
     assert sizes == {"train": 36, "val": 4, "test": 10}
     assert [r.row for r in a.datasets["test"].rows] == [r.row for r in b.datasets["test"].rows]
     assert a.spec["classes"] == ["0", "1", "2"]
+
+
+def test_a_video_column_is_refused_up_front_for_classification(media, tmp_path):
+    path = write_csv(tmp_path / "m.csv", [{"split": "train", "label": "1", "image": str(media["good.png"]), "video": "v.mp4"}])
+    with pytest.raises(ManifestError, match="column 'video'.*no video tower.*data.modalities") as err:
+        ManifestDataModule(manifest=str(path)).prepare()
+    assert "recipe=sync" in str(err.value)
