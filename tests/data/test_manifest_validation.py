@@ -148,7 +148,8 @@ def test_seeded_split_when_no_split_column(tmp_path):
 
 
 def test_a_video_column_is_refused_up_front_for_classification(media, tmp_path):
-    path = write_csv(tmp_path / "m.csv", [{"split": "train", "label": "1", "image": str(media["good.png"]), "video": "v.mp4"}])
+    path = tmp_path / "m.csv"
+    path.write_text(f"split,label,image,video\ntrain,1,{media['good.png']},v.mp4\ntest,1,{media['good.png']},\n")
     with pytest.raises(ManifestError, match="column 'video'.*no video tower.*data.modalities") as err:
         ManifestDataModule(manifest=str(path)).prepare()
     assert "recipe=sync" in str(err.value)
