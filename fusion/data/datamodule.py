@@ -10,15 +10,23 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from fusion.data.builtin_digits import ensure_builtin_digits
-from fusion.data.dataset import Collate, ManifestDataset, decode_media
+from fusion.data.dataset import AudioBatcher, Collate, ManifestDataset, decode_media
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
 from fusion.data.media import MediaError
 from fusion.data.tokenizer import build_tokenizer
+from fusion.encoders.preprocessing import (
+    AudioPreprocessing,
+    ImagePreprocessing,
+    Preprocessing,
+    TextPreprocessing,
+)
+from fusion.encoders.towers import encoder_preprocessing
 from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,12 +41,16 @@ class ManifestDataModule(L.LightningDataModule):
         batch_size: examples per batch.
         num_workers: DataLoader worker processes.
         on_error: "raise" = one error listing every bad row; "skip" = skip them, report in the run folder.
-        image_size: images are resized to image_size x image_size.
-        image_channels: 1 (grayscale) or 3 (RGB).
+        towers: the model's encoder configs (`model.encoders`: configs or tower names); the preprocessing of
+            each modality comes from its tower (size, crop, mean/std, channels, sample rate, features,
+            tokenizer). None = the built-in towers' settings.
+        image_size: images are resized to image_size x image_size (None = the image tower's).
+        image_channels: 1 (grayscale) or 3 (RGB) (None = the image tower's; must agree with it).
         augment: random affine augmentation of training images.
-        sample_rate: audio is resampled to this rate.
-        audio_seconds: audio is centre-cropped or padded to this duration.
-        text_model: local transformers directory for the tokenizer (None = built-in byte tokenizer).
+        sample_rate: audio is resampled to this rate (None = the audio tower's; must agree with it).
+        audio_seconds: audio is centre-cropped or padded to this duration; for variable-length towers
+            (pretrained audio) the longest clip kept, batches are padded with an attention mask.
+        text_model: transformers directory for the tokenizer (None = the text tower's, built-in: bytes).
         max_text_length: tokens per caption.
         val_fraction: share of train rows held out for validation when the manifest has no val rows.
         test_fraction: share of rows for test when the manifest has no split column.
@@ -48,11 +60,12 @@ class ManifestDataModule(L.LightningDataModule):
     """
 
     def __init__(self, manifest: str | None = None, modalities: list[str] | None = None, batch_size: int = 64,
-                 num_workers: int = 0, on_error: str = "raise", image_size: int = 32, image_channels: int = 1,
-                 augment: bool = True, sample_rate: int = 8000, audio_seconds: float = 1.0,
+                 num_workers: int = 0, on_error: str = "raise", image_size: int | None = None,
+                 image_channels: int | None = None, augment: bool = True, sample_rate: int | None = None,
+                 audio_seconds: float = 1.0,
                  text_model: str | None = None, max_text_length: int = 40, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, split_seed: int = 0, cache: bool = True,
-                 builtin_size: tuple[int, int, int] = (3000, 500, 1000)):
+                 builtin_size: tuple[int, int, int] = (3000, 500, 1000), towers: dict | None = None):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
@@ -63,12 +76,11 @@ class ManifestDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.on_error = on_error
-        self.image_size = image_size
-        self.image_channels = image_channels
+        self.requested = {"image_size": image_size, "image_channels": image_channels, "sample_rate": sample_rate,
+                          "text_model": text_model}
+        self.towers = OmegaConf.to_container(towers, resolve=True) if OmegaConf.is_config(towers) else towers
         self.augment = augment
-        self.sample_rate = sample_rate
-        self.audio_samples = int(round(audio_seconds * sample_rate))
-        self.text_model = text_model
+        self.audio_seconds = audio_seconds
         self.max_text_length = max_text_length
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -79,6 +91,45 @@ class ManifestDataModule(L.LightningDataModule):
         self.skipped: list[Problem] = []
         self.classes: list[str] = []
         self.modalities: list[str] = []
+        self.resolve_preprocessing(())
+
+    def resolve_preprocessing(self, modalities) -> dict[str, Preprocessing]:
+        """Asks the towers of `modalities` what input they need (the others keep the built-in settings) and
+        applies the explicit data.* values, which must agree with the tower where it cannot adapt."""
+        want = self.requested
+        image = self._ask("image", modalities) or ImagePreprocessing(
+            crop=want["image_size"] or 32, channels=want["image_channels"] or 1,
+            mean=(0.5,) * (want["image_channels"] or 1), std=(0.5,) * (want["image_channels"] or 1))
+        if want["image_channels"] is not None and want["image_channels"] != image.channels:
+            raise ConfigError(f"data.image_channels={want['image_channels']}, but the image tower takes {image.channels} "
+                              "channel(s): leave data.image_channels unset (the data follow the tower) or set the "
+                              "tower's (model.encoders.image.in_channels for the built-in one)")
+        if want["image_size"] is not None and want["image_size"] != image.crop:
+            image = image.with_size(int(want["image_size"]))
+        audio = self._ask("audio", modalities) or AudioPreprocessing(sample_rate=want["sample_rate"] or 8000)
+        if want["sample_rate"] is not None and want["sample_rate"] != audio.sample_rate:
+            raise ConfigError(f"data.sample_rate={want['sample_rate']}, but the audio tower takes {audio.sample_rate} Hz: "
+                              "leave data.sample_rate unset (the data follow the tower) or set the tower's "
+                              "(model.encoders.audio.sample_rate for the built-in one)")
+        text = self._ask("text", modalities) or TextPreprocessing(tokenizer=want["text_model"])
+        if want["text_model"] is not None and want["text_model"] != text.tokenizer:
+            raise ConfigError(f"data.text_model='{want['text_model']}', but the text tower uses the tokenizer "
+                              f"'{text.tokenizer}': leave data.text_model unset (the tokenizer follows the tower)")
+        self.image_prep, self.audio_prep, self.text_prep = image, audio, text
+        self.image_size, self.image_channels = image.crop, image.channels
+        self.sample_rate, self.text_model = audio.sample_rate, text.tokenizer
+        self.audio_samples = int(round(self.audio_seconds * audio.sample_rate))
+        return self.preprocessing
+
+    def _ask(self, modality: str, modalities) -> Preprocessing | None:
+        if modality not in modalities or not self.towers or self.towers.get(modality) is None:
+            return None
+        return encoder_preprocessing(modality, self.towers[modality])
+
+    @property
+    def preprocessing(self) -> dict[str, Preprocessing]:
+        """modality -> what its tower is fed (ImagePreprocessing, AudioPreprocessing, TextPreprocessing)."""
+        return {"image": self.image_prep, "audio": self.audio_prep, "text": self.text_prep}
 
     @property
     def manifest_path(self) -> Path:
@@ -97,6 +148,7 @@ class ManifestDataModule(L.LightningDataModule):
         """Parses and validates every row and media file; raises ManifestError or writes a skip report."""
         path = self.manifest_path
         rows, problems = parse_manifest(path, self.modalities_arg)
+        self.resolve_preprocessing({m for r in rows for m in r.media})
         if any("video" in row.media for row in rows) or any(problem.column == "video" for problem in problems):
             raise ManifestError(path, [Problem(0, "video", "classification recipes have no video tower: drop the "
                                        "column or choose the others with data.modalities=[image,audio,text]; "
@@ -117,10 +169,16 @@ class ManifestDataModule(L.LightningDataModule):
         for split in SPLITS:
             self.datasets[split] = ManifestDataset(
                 splits[split], class_index, self.modalities, self._image_transform(train=split == "train"),
-                self.image_channels, self.sample_rate, self.audio_samples, cache=self.cache, preloaded=decoded)
-        self.tokenizer = build_tokenizer(self.text_model)
+                self.image_channels, self.sample_rate, self.audio_samples, cache=self.cache, preloaded=decoded,
+                pad_audio=not self.audio_prep.variable_length)
+        self.tokenizer = build_tokenizer(self.text_prep.tokenizer, **self.text_prep.extra)
+        self.max_text_length = self.text_prep.max_length or self.max_text_length
+        audio = self.audio_prep
+        batcher = AudioBatcher(audio.sample_rate, audio.feature_extractor, audio.padding, audio.extra) \
+            if audio.variable_length and "audio" in self.modalities else None
         self.collate = Collate(self.modalities, self.tokenizer, self.max_text_length,
-                               (self.image_channels, self.image_size, self.image_size), self.audio_samples)
+                               (self.image_channels, self.image_size, self.image_size),
+                               min(self.audio_samples, self.sample_rate) if batcher else self.audio_samples, batcher)
 
     def _decode_all(self, rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[Problem], dict]:
         """Decodes every media file once, so unreadable files are found before training starts."""
@@ -137,7 +195,8 @@ class ManifestDataModule(L.LightningDataModule):
                 if m == "text":
                     continue
                 try:
-                    row_values[(row.row, m)] = decode_media(value, m, self.image_channels, self.sample_rate, self.audio_samples)
+                    row_values[(row.row, m)] = decode_media(value, m, self.image_channels, self.sample_rate,
+                                                            self.audio_samples, not self.audio_prep.variable_length)
                 except MediaError as err:
                     row_problems.append(Problem(row.row, m, err.reason, value))
             if row_problems:
@@ -177,10 +236,15 @@ class ManifestDataModule(L.LightningDataModule):
         return splits
 
     def _image_transform(self, train: bool) -> transforms.Compose:
-        steps = [transforms.Resize((self.image_size, self.image_size))]
+        prep = self.image_prep
+        mode = transforms.InterpolationMode(prep.interpolation)
+        if prep.resize is None:
+            steps = [transforms.Resize((prep.crop, prep.crop), interpolation=mode)]
+        else:  # shorter side to `resize`, then the centre crop (torchvision / timm / HF evaluation transforms)
+            steps = [transforms.Resize(prep.resize, interpolation=mode), transforms.CenterCrop(prep.crop)]
         if train and self.augment:
             steps.append(transforms.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.92, 1.08)))
-        steps += [transforms.ToTensor(), transforms.Normalize([0.5] * self.image_channels, [0.5] * self.image_channels)]
+        steps += [transforms.ToTensor(), transforms.Normalize(list(prep.mean), list(prep.std))]
         return transforms.Compose(steps)
 
     def setup(self, stage: str | None = None) -> None:

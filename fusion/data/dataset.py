@@ -8,15 +8,18 @@ import torch
 from torch.utils.data import Dataset
 
 from fusion.data.manifest import ManifestRow
-from fusion.data.media import fit_length, load_audio, load_image
+from fusion.data.media import crop_length, fit_length, load_audio, load_image
 
 
-def decode_media(value: str, modality: str, image_channels: int, sample_rate: int, audio_samples: int) -> object:
-    """Decodes one manifest cell: image path -> PIL image, audio path -> (L,) waveform, text -> itself."""
+def decode_media(value: str, modality: str, image_channels: int, sample_rate: int, audio_samples: int,
+                 pad_audio: bool = True) -> object:
+    """Decodes one manifest cell: image path -> PIL image, audio path -> (L,) waveform (exactly `audio_samples`
+    long, or with pad_audio=False at most that long), text -> itself."""
     if modality == "image":
         return load_image(value, image_channels)
     if modality == "audio":
-        return fit_length(load_audio(value, sample_rate), audio_samples)
+        wave = load_audio(value, sample_rate)
+        return fit_length(wave, audio_samples) if pad_audio else crop_length(wave, audio_samples)
     if modality == "text":
         return value
     raise ValueError(f"modality '{modality}' is not supported by the classification data")
@@ -35,11 +38,12 @@ class ManifestDataset(Dataset):
         audio_samples: audio is centre-cropped or padded to this many samples.
         cache: keep decoded media in memory after first use (the transform still runs every time).
         preloaded: already decoded media keyed by (manifest row number, modality), e.g. from validation.
+        pad_audio: pad audio to audio_samples (False: variable length, only cropped; the collate pads a batch).
     """
 
     def __init__(self, rows: list[ManifestRow], class_index: dict[str, int], modalities: list[str],
                  image_transform: Callable, image_channels: int, sample_rate: int, audio_samples: int,
-                 cache: bool = True, preloaded: dict[tuple[int, str], object] | None = None):
+                 cache: bool = True, preloaded: dict[tuple[int, str], object] | None = None, pad_audio: bool = True):
         self.rows = rows
         self.class_index = class_index
         self.modalities = modalities
@@ -47,6 +51,7 @@ class ManifestDataset(Dataset):
         self.image_channels = image_channels
         self.sample_rate = sample_rate
         self.audio_samples = audio_samples
+        self.pad_audio = pad_audio
         self.cache: dict[tuple[int, str], object] | None = dict(preloaded or {}) if cache else None
 
     def __len__(self) -> int:
@@ -58,7 +63,8 @@ class ManifestDataset(Dataset):
         key = (row.row, modality)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
-        value = decode_media(row.media[modality], modality, self.image_channels, self.sample_rate, self.audio_samples)
+        value = decode_media(row.media[modality], modality, self.image_channels, self.sample_rate, self.audio_samples,
+                             self.pad_audio)
         if self.cache is not None:
             self.cache[key] = value
         return value
@@ -82,16 +88,19 @@ class Collate:
         tokenizer: list of strings -> {"input_ids", "attention_mask"} (B, T).
         max_text_length: token budget per caption.
         image_shape: (C, H, W) of transformed images.
-        audio_samples: waveform length.
+        audio_samples: waveform length (of the placeholder only, with an audio_batcher).
+        audio_batcher: list of (L_i,) waveforms -> the audio batch value (e.g. AudioBatcher: padded values or
+            features with an attention mask); None = stack fixed-length waveforms into (B, L).
     """
 
     def __init__(self, modalities: list[str], tokenizer: Callable, max_text_length: int,
-                 image_shape: tuple[int, int, int], audio_samples: int):
+                 image_shape: tuple[int, int, int], audio_samples: int, audio_batcher: Callable | None = None):
         self.modalities = modalities
         self.tokenizer = tokenizer
         self.max_text_length = max_text_length
         self.image_shape = image_shape
         self.audio_samples = audio_samples
+        self.audio_batcher = audio_batcher
 
     def __call__(self, items: list[dict]) -> dict:
         batch: dict = {"mask": {}}
@@ -100,9 +109,48 @@ class Collate:
             batch["mask"][m] = present
             if m == "text":
                 batch[m] = self.tokenizer([it.get(m, "") for it in items], self.max_text_length)
+            elif m == "audio" and self.audio_batcher is not None:
+                blank = torch.zeros(self.audio_samples)
+                batch[m] = self.audio_batcher([it[m] if m in it else blank for it in items])
             else:
                 blank = torch.zeros(self.image_shape if m == "image" else (self.audio_samples,))
                 batch[m] = torch.stack([it[m] if m in it else blank for it in items])
         batch["label"] = torch.tensor([it["label"] for it in items], dtype=torch.long)  # (B,)
         batch["row"] = torch.tensor([it["row"] for it in items], dtype=torch.long)  # (B,) manifest row numbers
+        return batch
+
+
+class AudioBatcher:
+    """Variable-length waveforms -> {"input_values" or "input_features", "attention_mask"}: a transformers
+    feature extractor's output (its normalisation, features and padding), or zero padding to the longest clip.
+
+    Args:
+        sample_rate: rate of the waveforms.
+        feature_extractor: transformers feature extractor folder / hub id; None = only pad.
+        padding: the extractor's padding ("longest", or "max_length" for fixed windows such as Whisper's).
+        options: from_pretrained keyword arguments (local_files_only, ...).
+    """
+
+    def __init__(self, sample_rate: int, feature_extractor: str | None = None, padding: str = "longest",
+                 options: dict | None = None):
+        self.sample_rate, self.padding = sample_rate, padding
+        self.extractor = None
+        if feature_extractor is not None:
+            from transformers import AutoFeatureExtractor
+
+            self.extractor = AutoFeatureExtractor.from_pretrained(feature_extractor, **(options or {}))
+
+    def __call__(self, waves: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([w.numel() for w in waves])  # (B,)
+        if self.extractor is None:
+            values = torch.zeros(len(waves), int(lengths.max()))  # (B, L)
+            for i, w in enumerate(waves):
+                values[i, : w.numel()] = w
+            mask = (torch.arange(values.shape[1])[None, :] < lengths[:, None]).long()  # (B, L)
+            return {"input_values": values, "attention_mask": mask}
+        out = self.extractor([w.numpy() for w in waves], sampling_rate=self.sample_rate, padding=self.padding,
+                             return_attention_mask=True, return_tensors="pt")
+        batch = {k: out[k].float() for k in ("input_values", "input_features") if k in out}
+        if "attention_mask" in out:
+            batch["attention_mask"] = out["attention_mask"].long()
         return batch

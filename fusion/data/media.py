@@ -59,6 +59,14 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
     return wave
 
 
+def crop_length(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """Centre-crops a (L,) waveform to at most `length` samples (shorter ones stay as they are)."""
+    if wave.numel() <= length:
+        return wave
+    start = (wave.numel() - length) // 2
+    return wave[start : start + length]
+
+
 def fit_length(wave: torch.Tensor, length: int) -> torch.Tensor:
     """Centre-crops or right-pads a (L,) waveform to exactly `length` samples."""
     if wave.numel() >= length:

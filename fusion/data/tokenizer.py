@@ -24,14 +24,19 @@ class ByteTokenizer:
 
 
 class PretrainedTokenizer:
-    """Wraps a transformers tokenizer loaded from a local directory (never downloads)."""
+    """Wraps a transformers tokenizer: a local folder, or a hub id from the Hugging Face cache (`options`, e.g.
+    local_files_only, go to from_pretrained; remote code stays off)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, **options):
         from transformers import AutoTokenizer
 
-        if not Path(path).is_dir():
+        local = Path(path).expanduser().is_dir()
+        if not local and (not options or path.startswith(("/", ".", "~"))):
             raise MissingFileError(f"data.text_model: '{path}' is not a local directory with a tokenizer")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **({"local_files_only": True} | options))
+        except (OSError, ValueError) as err:
+            raise MissingFileError(f"tokenizer '{path}': not found ({type(err).__name__}: {err})") from None
         self.vocab_size = len(self.tokenizer)
 
     def __call__(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -39,6 +44,7 @@ class PretrainedTokenizer:
         return {"input_ids": out["input_ids"].long(), "attention_mask": out["attention_mask"].long()}
 
 
-def build_tokenizer(text_model: str | None) -> ByteTokenizer | PretrainedTokenizer:
-    """The built-in byte tokenizer when `text_model` is None, else the tokenizer saved in that directory."""
-    return ByteTokenizer() if text_model is None else PretrainedTokenizer(text_model)
+def build_tokenizer(text_model: str | None, **options) -> ByteTokenizer | PretrainedTokenizer:
+    """The built-in byte tokenizer when `text_model` is None, else the transformers tokenizer it names (a local
+    directory; a hub id too when `options` has local_files_only=False)."""
+    return ByteTokenizer() if text_model is None else PretrainedTokenizer(text_model, **options)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from fusion.encoders.preprocessing import AudioPreprocessing
+
 
 class LogMel(nn.Module):
     """Waveform (B, L) -> log-mel spectrogram (B, 1, n_mels, frames), each band mean-normalised over time.
@@ -88,6 +90,11 @@ class AudioEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.proj = nn.Linear(channels, out_dim)
         self.out_dim = out_dim
+
+    @classmethod
+    def preprocessing(cls, sample_rate: int = 8000, **_options) -> AudioPreprocessing:
+        """Waveforms at sample_rate, cropped / padded to a fixed length (data.audio_seconds)."""
+        return AudioPreprocessing(sample_rate=int(sample_rate))
 
     def spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         spec = self.frontend(wave)  # (B, 1, M, T)

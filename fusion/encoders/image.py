@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusion.encoders.preprocessing import ImagePreprocessing
 from fusion.errors import ConfigError, MissingFileError
 
 
@@ -80,10 +81,11 @@ class ImageEncoder(nn.Module):
         width: base width of the built-in CNN.
         weights_path: optional local file with the torchvision backbone's state dict (never downloaded).
         freeze: keep the backbone's weights fixed.
+        image_size: side of the square images the data module makes for this tower (resized, 0.5/0.5 normalised).
     """
 
     def __init__(self, backbone: str = "cnn", in_channels: int = 1, out_dim: int = 128, width: int = 16,
-                 weights_path: str | None = None, freeze: bool = False):
+                 weights_path: str | None = None, freeze: bool = False, image_size: int = 32):
         super().__init__()
         if backbone == "cnn":
             self.trunk = SmallConvNet(in_channels, width)
@@ -94,6 +96,12 @@ class ImageEncoder(nn.Module):
             self.trunk.requires_grad_(False)
         self.proj = nn.Linear(channels, out_dim)
         self.out_dim = out_dim
+
+    @classmethod
+    def preprocessing(cls, in_channels: int = 1, image_size: int = 32, **_options) -> ImagePreprocessing:
+        """Images resized to image_size x image_size, in_channels channels, scaled to [-1, 1]."""
+        return ImagePreprocessing(crop=int(image_size), channels=int(in_channels), mean=(0.5,) * int(in_channels),
+                                  std=(0.5,) * int(in_channels))
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         fmap = self.trunk(images)  # (B, C, H', W')

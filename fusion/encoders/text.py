@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusion.encoders.preprocessing import TextPreprocessing
 from fusion.errors import MissingFileError
 
 
@@ -51,6 +52,11 @@ class TextEncoder(nn.Module):
             self.backbone = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
             self.norm = nn.LayerNorm(out_dim)
         self.out_dim = out_dim
+
+    @classmethod
+    def preprocessing(cls, pretrained_path: str | None = None, **_options) -> TextPreprocessing:
+        """The tokenizer saved with the pretrained model, else the built-in byte tokenizer."""
+        return TextPreprocessing(tokenizer=pretrained_path, extra={"local_files_only": True} if pretrained_path else {})
 
     def forward_tokens(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, attention = text["input_ids"], text["attention_mask"]  # (B, T), (B, T)

@@ -17,6 +17,8 @@ from fusion.alignment.retrieval import (
     prompt_prototypes,
     zero_shot_accuracy,
 )
+from fusion.encoders.finetune import pretrained_lr_scales
+from fusion.encoders.towers import encoder_config
 
 DEFAULT_PROMPTS = ("the digit {}", "a spoken {}", "a handwritten {}", "the number {}")
 
@@ -68,7 +70,7 @@ class AlignmentTask(L.LightningModule):
                 f"model.encoders must cover at least two of the data's modalities {data_spec['modalities']}, "
                 f"got {sorted(encoders)}"
             )
-        towers = nn.ModuleDict({m: instantiate(encoders[m]) for m in modalities})
+        towers = nn.ModuleDict({m: instantiate(encoder_config(m, encoders[m])) for m in modalities})
         heads = nn.ModuleDict(
             {m: ProjectionHead(towers[m].out_dim, embed_dim, **(projection or {})) for m in modalities}
         )
@@ -231,15 +233,18 @@ class AlignmentTask(L.LightningModule):
 
     # ---- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        scales = pretrained_lr_scales(self)  # pretrained towers: their own (layer-wise) learning rates
+        groups: dict[tuple[bool, float], list] = {}
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim < 2 or name.startswith("loss.") else decay).append(param)
+            decays = not (param.ndim < 2 or name.startswith("loss."))
+            groups.setdefault((decays, float(scales.get(name, 1.0))), []).append(param)
         optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.hparams.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
+                {"params": params, "lr": self.hparams.lr * scale,
+                 "weight_decay": self.hparams.weight_decay if decays else 0.0}
+                for (decays, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
             ],
             lr=self.hparams.lr,
         )

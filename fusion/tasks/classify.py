@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
 
+from fusion.encoders.finetune import pretrained_lr_scales, scaled_groups
+from fusion.encoders.towers import encoder_config
 from fusion.errors import ConfigError
 from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
@@ -21,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0) -> FusionModel:
-    """Instantiates the encoders of the data's modalities and a fusion over their output sizes."""
+    """Instantiates the encoders of the data's modalities (a config, or a tower name such as "tv:resnet18") and a
+    fusion over their output sizes."""
     missing = [m for m in data_spec["modalities"] if m not in encoders]
     if missing:
         raise ConfigError(f"model.encoders has no config for modality {missing} present in the data")
-    built = {m: instantiate(encoders[m]) for m in data_spec["modalities"]}
+    built = {m: instantiate(encoder_config(m, encoders[m])) for m in data_spec["modalities"]}
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
     return FusionModel(built, fusion_module, modality_dropout)
@@ -183,10 +186,12 @@ class ClassificationTask(L.LightningModule):
 
     def configure_optimizers(self):
         hparams = self.hparams
+        scales = pretrained_lr_scales(self)  # pretrained towers: their own (layer-wise) learning rates
+        params = scaled_groups(self.named_parameters(), scales, hparams.lr) if scales else self.parameters()
         if hparams.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+            optimizer = torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
         elif hparams.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.parameters(), lr=hparams.lr, momentum=hparams.momentum,
+            optimizer = torch.optim.SGD(params, lr=hparams.lr, momentum=hparams.momentum,
                                         weight_decay=hparams.weight_decay)
         else:
             raise ConfigError(f"model.optimizer must be 'adamw' or 'sgd', got {hparams.optimizer!r}")
