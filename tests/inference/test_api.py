@@ -49,4 +49,4 @@ def test_trainer_predict_uses_predict_step(tiny_runs, new_manifest):
     probs = torch.cat([o["probs"] for o in outputs])
     assert probs.shape == (len(examples.rows), 10) and {"logits", "pred", "row", "gate/decision/fused"} <= set(outputs[0])
     expected = predictor.predict(new_manifest)
-    assert torch.cat([o["pred"] for o in outputs]).tolist() == [int(p) for p in expected["pred"]]
+    assert [predictor.classes[i] for i in torch.cat([o["pred"] for o in outputs]).tolist()] == expected["pred"].tolist()

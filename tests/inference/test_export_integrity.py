@@ -10,6 +10,8 @@ import fusion
 from fusion.inference.integrity import ExportError
 from fusion.runtime.checkpoints import CheckpointError
 
+pytestmark = pytest.mark.slow  # ONNX export of every fusion kind: about a minute each on 2 cores
+
 
 @pytest.fixture
 def export_copy(exports, tmp_path):

@@ -24,14 +24,14 @@ def test_manifest_writes_predictions_csv(tiny_runs, new_manifest, tmp_path):
     written = pd.read_csv(tmp_path / "predictions.csv", dtype={"pred": str})
     assert written.columns.tolist() == frame.columns.tolist()
     assert written["row"].tolist() == list(range(1, len(written) + 1))
-    assert {"pred", "prob/0", "prob/9", "gate/decision/fused", "gate/stage1/image"} <= set(written.columns)
+    assert {"pred", "prob/seven", "prob/zero", "gate/decision/fused", "gate/stage1/image"} <= set(written.columns)
     report = summary(frame)
     assert report["rows"] == len(written) and "accuracy" not in report
 
 
 def test_labels_give_accuracy_and_bad_rows_are_skipped(tiny_runs, tiny_digits, tmp_path):
     manifest = tiny_digits.parent / "with_problems.csv"
-    manifest.write_text("label,image,text\n3,images/missing.png,a three\n7,,a seven\n12,,twelve\n")
+    manifest.write_text("label,image,text\nthree,images/missing.png,a three\nseven,,a seven\ntwelve,,twelve\n")
     with pytest.raises(SystemExit):  # on_error=raise: a user error, exit status 2
         run(predict_config(f"run={tiny_runs['late']}", f"data.manifest={manifest}", f"out={tmp_path}"))
     frame = run(predict_config(f"run={tiny_runs['late']}", f"data.manifest={manifest}", f"out={tmp_path}",

@@ -19,7 +19,7 @@ def readme_example() -> str:
 
 def test_readme_python_example_runs(tiny_digits, new_manifest, tmp_path, monkeypatch, capsys):
     rows = pd.read_csv(tiny_digits, keep_default_na=False)
-    first = rows[rows["split"] == "test"].iloc[0]
+    first = rows[(rows["split"] == "test") & (rows["image"] != "") & (rows["audio"] != "")].iloc[0]
     code = readme_example()
     for placeholder, value in {"my/manifest.csv": tiny_digits, "new.csv": new_manifest,
                                "a.png": tiny_digits.parent / first["image"],

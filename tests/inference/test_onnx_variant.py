@@ -1,0 +1,27 @@
+"""evaluate.py's `onnx` variant: ONNX Runtime behind the same `variant(batch) -> logits` call as fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusion
+from fusion.eval.run_folder import load_run
+from fusion.eval.variants import build_variants
+from fusion.inference.examples import batches, prepare
+
+pytestmark = pytest.mark.slow  # ONNX export of every fusion kind: about a minute each on 2 cores
+
+
+def test_onnx_variant_matches_fp32(tiny_runs, new_manifest):
+    run = load_run(tiny_runs["late"])
+    predictor = fusion.load(tiny_runs["late"])
+    examples = prepare(new_manifest, predictor.preprocessing, predictor.classes)
+    batch = next(batches(examples, predictor.preprocessing, predictor.classes, batch_size=7))
+    variants, skipped = build_variants(run.model, "cpu", ["fp32", "onnx"])
+    assert [v.name for v in variants] == ["fp32", "onnx"] and not skipped
+    fp32, onnx = (v(batch) for v in variants)
+    assert onnx.shape == fp32.shape
+    torch.testing.assert_close(onnx, fp32, atol=1e-4, rtol=1e-4)
+    single = {k: (v[:1] if torch.is_tensor(v) else {n: t[:1] for n, t in v.items()}) for k, v in batch.items()}
+    torch.testing.assert_close(variants[1](single), variants[0](single), atol=1e-4, rtol=1e-4)
