@@ -108,7 +108,8 @@ class TorchvisionTower(nn.Module):
         raise ConfigError(f"tv:{tower.name}: no linear classifier ({'/'.join(HEADS)}) to remove")
 
     def blocks(self) -> list[nn.Module]:
-        return find_blocks(self.model)
+        stages = [m for n, m in self.model.named_children() if n.startswith("layer")]  # ResNet family
+        return stages or find_blocks(self.model)
 
     def enable_gradient_checkpointing(self) -> bool:
         return False  # the blocks are checkpointed generically (fusion.encoders.finetune.checkpoint_blocks)
