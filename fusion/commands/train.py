@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 
 import hydra
@@ -15,11 +17,18 @@ from fusion.commands.app import recipes_dir, reports_user_errors, route_lightnin
 log = logging.getLogger("fusion")
 
 
-def remove_unused_output_dir(output_dir: Path, log_name: str) -> None:
-    """Removes Hydra's folder of this process when the run went to another one and it holds only Hydra's empty log."""
+def move_log_to_run_dir(output_dir: Path, log_name: str, run_dir: Path) -> None:
+    """When the run went to another folder (rank 0's, on another node), moves this process's job log there as
+    `<job>.<host>-<pid>.log` and removes its own folder if nothing else is in it."""
     log_file = output_dir / log_name
-    if log_file.is_file() and log_file.stat().st_size == 0:
-        log_file.unlink()
+    if log_file.is_file():
+        if log_file.stat().st_size == 0:
+            log_file.unlink()
+        else:
+            try:
+                log_file.rename(run_dir / f"{log_file.stem}.{socket.gethostname()}-{os.getpid()}.log")
+            except OSError:  # another file system: the log stays where it is
+                return
     if output_dir.is_dir() and not any(output_dir.iterdir()):
         output_dir.rmdir()
 
@@ -40,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     own_default = cfg.run_dir == str(output_dir)
     metrics = train(cfg)  # sets cfg.run_dir to rank 0's folder on every node of a multi-node run
     if own_default and Path(cfg.run_dir).resolve() != output_dir.resolve():
-        remove_unused_output_dir(output_dir, f"{HydraConfig.get().job.name}.log")
+        move_log_to_run_dir(output_dir, f"{HydraConfig.get().job.name}.log", Path(cfg.run_dir))
     log.info("run folder: %s", cfg.run_dir)
     log.info("test metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics

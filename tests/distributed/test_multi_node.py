@@ -69,12 +69,13 @@ def test_two_torchrun_nodes_share_one_run_folder(tiny_digits, tmp_path):
         assert f"run folder: {defaults[0]}\n" in node_output  # both nodes use rank 0's folder
 
     run = defaults[0]
-    assert not defaults[1].exists()  # node 1's own default folder held only Hydra's empty log and was removed
+    assert not defaults[1].exists()  # node 1's own default folder: its job log moved to rank 0's folder
+    assert len(list(run.glob("train.*-*.log"))) == 1
     assert {"config.yaml", "metrics.json", "best.ckpt", "last.ckpt", "logs"} <= {p.name for p in run.iterdir()}
     assert sorted(p.name for p in (run / "logs").iterdir()) == ["hparams.yaml", "metrics.csv"]  # one logger
     assert not list(run.rglob("*.tmp"))
     config = (run / "config.yaml").read_text()
-    assert f"run_dir: {run}\n" in config and "num_nodes: 2\n" in config and "comm_hook: int8\n" in config
+    assert f"run_dir: {run}\n" in config and "num_nodes: 2\n" in config and "comm_hook:\n  name: int8\n" in config
 
     # rank 0 wrote metrics.json; loss, decision accuracies and gate weights are reduced over both ranks' test
     # shards, so both nodes report the same numbers
