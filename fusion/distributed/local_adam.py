@@ -13,7 +13,7 @@ decoupled one. During the dense warm-up the hook all-reduces d, so with every en
 when the ranks' gradients agree. Costs two floats per gradient entry.
 
 Experimental: verified on the CPU (gloo) only. On CUDA (NCCL) it reached NaN before ``used_by_callback``
-existed; training refuses it on a GPU until ``benchmarks/hooks_cuda_check.py`` passes there. Measured in
+existed; training refuses it on a GPU until ``benchmarks/ddp/hooks_cuda_check.py`` passes there. Measured in
 docs/experiments/topk.md: −1.36 ± 0.73 points at 0.1 % in 6 epochs, −0.55 ± 0.37 in 12 (8 seeds).
 """
 
