@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fusion.distributed.registry import HOOK_NAMES
 from tests.distributed.common import grads, loss_of, make_model, make_optimizer, train, wrap
-from tests.distributed.spawn import run_gloo
+from tests.helpers.spawn import run_gloo
 
 WORLD, STEPS = 2, 5
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from fusion.data.builtin_digits import ensure_builtin_digits
 from fusion.data.distributed_eval_sampler import DistributedEvalSampler, with_eval_sampler
-from tests.distributed.spawn import free_port, run_gloo
+from tests.helpers.spawn import free_port, run_gloo
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 ROWS = 17  # val and test rows: 9 + 8 over two processes, i.e. 2 and 1 batches of 8

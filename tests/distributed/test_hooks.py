@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fusion.distributed.registry import make_comm_hook
 from tests.distributed.common import loss_of, make_model, make_optimizer, reduced_mean, train, wrap
-from tests.distributed.spawn import run_gloo
+from tests.helpers.spawn import run_gloo
 
 WORLD = 2
 TOPK_RATIO = 0.05

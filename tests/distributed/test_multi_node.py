@@ -14,8 +14,8 @@ import torch
 
 from fusion.distributed.strategy import CHECKPOINT_KEY
 from fusion.runtime.checkpoints import load_checkpoint_file
-from tests.distributed.spawn import free_port
 from tests.helpers.recipes import REPO
+from tests.helpers.spawn import free_port
 
 NODES, DEVICES, EPOCHS, BATCH = 2, 1, 2, 16
 TRAIN_ROWS = 48  # tiny_digits

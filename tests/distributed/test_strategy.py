@@ -18,7 +18,7 @@ from fusion.distributed.strategy import (
     check_hook_needs,
     saved_hook_name,
 )
-from tests.distributed.spawn import free_port, run_gloo
+from tests.helpers.spawn import free_port, run_gloo
 
 
 def test_build_strategy_passes_through_and_validates():

@@ -5,7 +5,7 @@ import json
 import torch
 
 from fusion.tasks.epoch_means import EpochMeans
-from tests.distributed.spawn import run_gloo
+from tests.helpers.spawn import run_gloo
 
 # per rank: (name, batch mean, count) in the order they arrive; "audio" appears on rank 1 only, "empty" with
 # count 0 on rank 0 only (it adds nothing, so it is no name at all)

@@ -7,7 +7,7 @@ import torch
 
 from fusion.tasks.sync import SyncTask
 from fusion.temporal.metrics import sync_report
-from tests.distributed.spawn import run_gloo
+from tests.helpers.spawn import run_gloo
 
 SPEC = {"max_offset": 3, "subframes": 4, "n_mels": 8, "crop_size": 16, "fps": 25.0}
 
