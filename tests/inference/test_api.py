@@ -8,6 +8,7 @@ import sys
 import lightning as L
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 import fusion
 from fusion.api import overrides_of
@@ -46,7 +47,7 @@ def test_trainer_predict_uses_predict_step(tiny_runs, new_manifest):
     examples = prepare(new_manifest, predictor.preprocessing, predictor.classes)
     loader = list(batches(examples, predictor.preprocessing, predictor.classes, batch_size=8))
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    outputs = trainer.predict(loaded.task, dataloaders=loader)
+    outputs = trainer.predict(loaded.task, dataloaders=DataLoader(loader, batch_size=None))  # batches as they are
     probs = torch.cat([o["probs"] for o in outputs])
     assert probs.shape == (len(examples.rows), 10) and {"logits", "pred", "row", "gate/decision/fused"} <= set(outputs[0])
     expected = predictor.predict(new_manifest)
