@@ -22,6 +22,19 @@ ROOT_CONFIGS = sorted(p.stem for p in RECIPES.glob("*.yaml"))
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))] + sorted((REPO / "benchmarks").rglob("README.md"))
 
 
+def without_command_substitutions(line: str) -> str:
+    """`$(...)` (balanced parentheses) replaced by a placeholder value."""
+    while "$(" in line:
+        start = line.index("$(")
+        depth, end = 0, start + 1
+        for end in range(start + 1, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            if depth == 0:
+                break
+        line = line[:start] + "x" + line[end + 1:]
+    return line
+
+
 def documented_commands() -> list[tuple[str, str, list[str]]]:
     """(file, config name, overrides) of every command line in the ```bash blocks of README and docs."""
     found = []
@@ -30,7 +43,9 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             continue
         for block in re.findall(r"```(?:bash|sh|console)\n(.*?)```", doc.read_text(), flags=re.S):
             for line in block.replace("\\\n", " ").splitlines():
-                line = re.sub(r"\$\{?[A-Za-z_]\w*\}?", "x", line.split(" #")[0].strip())  # shell variables
+                line = line.split(" #")[0].strip()
+                line = without_command_substitutions(line)
+                line = re.sub(r"\$\{?[A-Za-z_]\w*\}?", "x", line)  # shell variables
                 try:
                     words = shlex.split(line)
                 except ValueError:
