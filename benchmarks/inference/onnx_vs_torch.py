@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -97,7 +98,11 @@ def write_readme(results: dict, command: str) -> None:
               f"backends; torch {env['torch']}, onnxruntime {env['onnxruntime']}; {results['rounds']} rounds of "
               f"{results['iters']} timed calls after {results['warmup']} warm-up calls each. The latency includes "
               "the whole model (log-mel front end, encoders, fusion) on already preprocessed inputs. Raw numbers: "
-              "`results.json`.", "", "```bash", command, "```", ""]
+              "`results.json`."]
+    if "load_average_at_start" in env:
+        lines += ["", f"Load average when the run started: {env['load_average_at_start']} (other jobs on the same "
+                  "cores inflate the latencies, PyTorch's far more than ONNX Runtime's)."]
+    lines += ["", "```bash", command, "```", ""]
     (HERE / "README.md").write_text("\n".join(lines))
 
 
@@ -116,6 +121,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {"environment": {"cpu_count": torch.multiprocessing.cpu_count(), "machine": platform.machine(),
                                "threads": args.threads, "torch": torch.__version__,
+                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                                "onnxruntime": onnxruntime.__version__},
                "warmup": args.warmup, "iters": args.iters, "rounds": args.rounds, "runs": []}
     for item in args.runs:
