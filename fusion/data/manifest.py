@@ -179,29 +179,39 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
             split = split.strip().lower()
             if split not in SPLITS:
                 row_problems.append(Problem(number, "split", f"unknown split '{raw.get('split')}'; expected one of {list(SPLITS)}"))
-        media = {}
-        for m in present:
-            value = raw.get(m) or ""
-            if not value.strip():
-                continue
-            if m == "text":
-                media[m] = value.strip()
-            else:
-                resolved = Path(value.strip()).expanduser()
-                if not resolved.is_absolute():
-                    resolved = base / resolved
-                problem = check_file(resolved)
-                if problem:
-                    row_problems.append(Problem(number, m, problem, str(resolved)))
-                else:
-                    media[m] = str(resolved)
-        if not media and not any(p.column in present for p in row_problems):
-            row_problems.append(Problem(number, ",".join(present), "row has no modality at all (every modality cell is empty)"))
+        media, media_problems = check_media(number, raw, present, base)
+        row_problems += media_problems
         if row_problems:
             problems.extend(row_problems)
         else:
             rows.append(ManifestRow(number, label, split, media, (raw.get("group") or "").strip() or None))
     return rows, problems
+
+
+def check_media(number: int, raw: dict[str, str], modalities: list[str], base: Path) -> tuple[dict[str, str], list[Problem]]:
+    """The modality cells of one raw row: text as is, file paths resolved against `base` and checked.
+
+    Returns:
+        (modality -> text or absolute path, problems); a row with no modality at all is a problem too.
+    """
+    media, problems = {}, []
+    for m in modalities:
+        value = (raw.get(m) or "").strip()
+        if not value:
+            continue
+        if m not in FILE_MODALITIES:
+            media[m] = value
+            continue
+        resolved = Path(value).expanduser()
+        resolved = resolved if resolved.is_absolute() else base / resolved
+        problem = check_file(resolved)
+        if problem:
+            problems.append(Problem(number, m, problem, str(resolved)))
+        else:
+            media[m] = str(resolved)
+    if not media and not problems:
+        problems.append(Problem(number, ",".join(modalities), "row has no modality at all (every modality cell is empty)"))
+    return media, problems
 
 
 def check_file(path: Path) -> str | None:

@@ -21,7 +21,7 @@ from fusion.data.manifest import (
     ManifestError,
     ManifestRow,
     Problem,
-    check_file,
+    check_media,
     read_rows,
 )
 from fusion.data.media import MediaError
@@ -83,26 +83,12 @@ def validate(records: list[dict[str, str] | None], base: Path, modalities: list[
     for number, raw in enumerate(records, start=1):
         if raw is None:
             continue
-        row_problems, media = [], {}
+        row_problems = []
         label = (raw.get("label") or "").strip()
         if label and label not in known:
             row_problems.append(Problem(number, "label", f"label '{label}' is not one of the model's classes {classes}"))
-        for m in used:
-            value = (raw.get(m) or "").strip()
-            if not value:
-                continue
-            if m not in FILE_MODALITIES:
-                media[m] = value
-                continue
-            resolved = Path(value).expanduser()
-            resolved = resolved if resolved.is_absolute() else base / resolved
-            problem = check_file(resolved)
-            if problem:
-                row_problems.append(Problem(number, m, problem, str(resolved)))
-            else:
-                media[m] = str(resolved)
-        if not media and not any(p.column in used for p in row_problems):
-            row_problems.append(Problem(number, ",".join(used), "row has no modality at all (every modality cell is empty)"))
+        media, media_problems = check_media(number, raw, used, base)
+        row_problems += media_problems
         if row_problems:
             problems.extend(row_problems)
         else:
