@@ -2,7 +2,7 @@
 
 Unlike the evaluation (offsets injected into cached features), this writes real MP4 files (MPEG-4 video, AAC
 audio) whose audio stream starts ``shift`` ms late (positive) or whose first ``-shift`` ms of audio are cut
-(negative), and runs the same path as ``python -m fusion.eval.sync_estimate`` on them.
+(negative), and runs the same path as ``python predict.py run=<sync run> video=...`` on them.
 
     python benchmarks/sync/shift_files.py --run checkpoints/sync/<run> --video-dir ../shared/data/grid/video \
         --clips 10 --shifts=-400,-200,-120,0,120,200,400 --out /tmp/sync_shift
