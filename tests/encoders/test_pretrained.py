@@ -43,6 +43,9 @@ def test_command_line_tower_override_composes_to_a_pretrained_encoder():
     assert (prep.crop, prep.resize, prep.channels, prep.mean) == (224, 256, 3, (0.485, 0.456, 0.406))
     builtin = compose_recipe("late")
     assert (builtin.data.image_size, builtin.data.image_channels, builtin.data.sample_rate) == (32, 1, 8000)
+    preset = compose_recipe("clip", ["model/encoders=pretrained", "model.encoders.image.tower=tv:resnet50",
+                                     "model.encoders.image.freeze=true"])
+    assert preset.model.encoders.image.freeze and preset.model.encoders.image.tower == "tv:resnet50"
 
 
 def test_offline_missing_tower_names_what_is_missing(tmp_path):
