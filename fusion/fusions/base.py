@@ -20,6 +20,7 @@ class FusionResult:
         unimodal_logits: modality -> (B, num_classes) per-modality decisions, where the fusion has them.
         decision_logits: name -> (B, num_classes), every decision a decision-level gate weighs (the modality
             decisions and, for progressive fusion, the fused one), where the fusion has such a gate.
+        mask: modality -> (B,) bool, the presence the fusion was given (after modality dropout in training).
     """
 
     logits: torch.Tensor
@@ -27,6 +28,7 @@ class FusionResult:
     aux_loss: torch.Tensor | float = 0.0
     unimodal_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     decision_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    mask: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Fusion(nn.Module):

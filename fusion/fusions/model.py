@@ -36,7 +36,9 @@ class FusionModel(nn.Module):
         mask = {m: batch["mask"][m] for m in self.modalities}
         if self.training and self.modality_dropout > 0:
             mask = modality_dropout(mask, self.modality_dropout)
-        return self.fusion.fuse(self.encode(batch), mask)
+        result = self.fusion.fuse(self.encode(batch), mask)
+        result.mask = mask  # what the fusion saw: losses and logged gate means must use this, not the batch's
+        return result
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Batch dict -> logits (B, K)."""

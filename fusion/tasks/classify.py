@@ -84,8 +84,9 @@ class ClassificationTask(L.LightningModule):
         smoothing = self.hparams.label_smoothing
         loss = F.cross_entropy(result.logits, labels, label_smoothing=smoothing)
         unimodal_terms = []
+        seen = result.mask or batch["mask"]  # after modality dropout: a dropped modality's head saw nothing
         for m, logits in result.unimodal_logits.items():
-            present = batch["mask"][m]
+            present = seen[m]
             if bool(present.any()):
                 unimodal_terms.append(F.cross_entropy(logits[present], labels[present], label_smoothing=smoothing))
         total = loss + result.aux_loss
@@ -97,7 +98,7 @@ class ClassificationTask(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         if stage == "train":  # per process; evaluation values below are exact over every process
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-            for name, (weights, present) in self._gate_weights(result, batch).items():
+            for name, (weights, present) in self._gate_weights(result, seen, labels).items():
                 if bool(present.any()):
                     self.log(f"train/gate/{name}", weights.detach()[present].mean(), on_step=False, on_epoch=True,
                              batch_size=int(present.sum()))
@@ -108,19 +109,17 @@ class ClassificationTask(L.LightningModule):
             present = batch["mask"].get(name, torch.ones_like(labels, dtype=torch.bool))
             correct = (logits.detach().argmax(1) == labels)[present].float()  # (present,)
             means.add(f"{stage}/decision_acc/{name.lstrip('~')}", correct.mean(), correct.numel())
-        for name, (weights, present) in self._gate_weights(result, batch).items():
+        for name, (weights, present) in self._gate_weights(result, seen, labels).items():
             means.add(f"{stage}/gate/{name}", weights.detach()[present].mean(), int(present.sum()))
         return total
 
     @staticmethod
-    def _gate_weights(result, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Gate name -> (weights (B,), rows where the weighted modality is present (B,) bool)."""
-        labels = batch["label"]
+    def _gate_weights(result, mask: dict, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Gate name -> (weights (B,), rows where the weighted modality was present (B,) bool)."""
         pairs = {}
         for name, weights in result.gate_weights.items():
             modality = name.split("/")[-1]
-            pairs[name] = (weights, batch["mask"][modality] if modality in batch["mask"]
-                           else torch.ones_like(labels, dtype=torch.bool))
+            pairs[name] = (weights, mask[modality] if modality in mask else torch.ones_like(labels, dtype=torch.bool))
         return pairs
 
     def _log_epoch_means(self, stage: str) -> None:
