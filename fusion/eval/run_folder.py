@@ -8,6 +8,8 @@ evaluating a run needs no config tree.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.runtime.checkpoints import CheckpointError, load_checkpoint_file, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def read_config(run_dir: Path) -> dict:
@@ -69,7 +73,12 @@ def load_run(path: str | Path) -> LoadedRun:
     if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"'{checkpoint_path}' is not a Lightning checkpoint with hyper_parameters and state_dict")
     task_class = get_class(config["model"]["_target_"])
-    task = task_class(**checkpoint["hyper_parameters"])
+    accepted = inspect.signature(task_class.__init__).parameters
+    hparams = checkpoint["hyper_parameters"]
+    removed = sorted(key for key in hparams if key not in accepted)
+    if removed:  # options that left the product (docs/experiments/); a run trained with them off still loads
+        log.warning("%s: ignoring hyper-parameters this version no longer has: %s", checkpoint_path, removed)
+    task = task_class(**{key: value for key, value in hparams.items() if key in accepted})
     task.load_state_dict(checkpoint["state_dict"])
     name = str(config.get("recipe_name") or run_dir.parent.name)
     epoch = checkpoint.get("epoch")  # index of the epoch whose end wrote the checkpoint

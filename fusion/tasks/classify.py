@@ -17,7 +17,6 @@ from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.epoch_means import EpochMeans
-from fusion.tasks.gate_calibration import calibrate_gates
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +49,12 @@ class ClassificationTask(L.LightningModule):
         momentum: SGD momentum (ignored by AdamW).
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
-        gate_calibration_epochs: after fitting, fit only the gates on the val split for this many epochs
-            (0 = off); the calibrated weights replace best.ckpt. See fusion/tasks/gate_calibration.py.
-        gate_calibration_lr: learning rate of the gate calibration.
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
-                 warmup_epochs: float = 0.5, label_smoothing: float = 0.1, gate_calibration_epochs: int = 0,
-                 gate_calibration_lr: float = 3e-3, optimizer: str = "adamw", momentum: float = 0.9):
+                 warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
+                 optimizer: str = "adamw", momentum: float = 0.9):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
@@ -157,29 +153,24 @@ class ClassificationTask(L.LightningModule):
         return out
 
     def on_fit_end(self) -> None:
-        """Optional gate fitting on the best weights (held-out calibration, cross-fitted decision gate);
-        rewrites the best checkpoint."""
-        if not self.hparams.gate_calibration_epochs and self.out_of_fold is None:
+        """With cross-fitting, refits the decision gate of the best weights on out-of-fold decisions and rewrites
+        the best checkpoint."""
+        if self.out_of_fold is None:
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
         if best:
             self.load_state_dict(load_checkpoint_file(best)["state_dict"])
-        if self.out_of_fold is not None:
-            fusion = self.model.fusion
-            before = decision_accuracy(fusion, self.out_of_fold)
-            losses = fit_decision_gate(fusion, self.out_of_fold, self.out_of_fold_epochs, self.out_of_fold_lr,
-                                       label_smoothing=self.hparams.label_smoothing)
-            after = decision_accuracy(fusion, self.out_of_fold)
-            self.out_of_fold_report = {**{f"cross_fit/oof_acc/{k}": v for k, v in before.items() if k != "gated"},
-                                       "cross_fit/oof_acc/gated_before": before["gated"],
-                                       "cross_fit/oof_acc/gated_after": after["gated"]}
-            log.info(f"cross_fit: decision gate refitted on {len(self.out_of_fold['label'])} out-of-fold rows; "
-                  f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; accuracy {self.out_of_fold_report}")
-        if self.hparams.gate_calibration_epochs:
-            losses = calibrate_gates(self.model, self.trainer.datamodule.val_dataloader(), self.hparams.gate_calibration_epochs,
-                                     self.hparams.gate_calibration_lr, self.hparams.label_smoothing)
-            log.info(f"gate calibration: val loss per epoch: {[round(x, 4) for x in losses]}")
+        fusion = self.model.fusion
+        before = decision_accuracy(fusion, self.out_of_fold)
+        losses = fit_decision_gate(fusion, self.out_of_fold, self.out_of_fold_epochs, self.out_of_fold_lr,
+                                   label_smoothing=self.hparams.label_smoothing)
+        after = decision_accuracy(fusion, self.out_of_fold)
+        self.out_of_fold_report = {**{f"cross_fit/oof_acc/{k}": v for k, v in before.items() if k != "gated"},
+                                   "cross_fit/oof_acc/gated_before": before["gated"],
+                                   "cross_fit/oof_acc/gated_after": after["gated"]}
+        log.info(f"cross_fit: decision gate refitted on {len(self.out_of_fold['label'])} out-of-fold rows; "
+                 f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; accuracy {self.out_of_fold_report}")
         if best:
             self.trainer.save_checkpoint(best)
 

@@ -81,6 +81,17 @@ def test_loaded_run_reproduces_the_trained_model(tmp_path, kind):
         torch.testing.assert_close(run.model(batch), task.model(batch), rtol=0, atol=0)
 
 
+def test_a_run_with_an_option_that_left_the_product_still_loads(tmp_path):
+    run_dir, task = make_run(tmp_path, "late", SPEC)
+    checkpoint = torch.load(run_dir / "best.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"] |= {"gate_calibration_epochs": 0, "gate_calibration_lr": 0.003}
+    torch.save(checkpoint, run_dir / "best.ckpt")
+    run = load_run(run_dir)
+    batch = synthetic_batch()
+    with torch.no_grad():
+        assert torch.equal(run.model(batch), task(batch))
+
+
 @pytest.mark.parametrize("kind", ["early", "late", "progressive"])
 def test_removing_a_modality_equals_masking_it_in_every_fusion(tmp_path, kind):
     _, task = make_run(tmp_path, kind, SPEC)
