@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fusion tests train.py evaluate.py
+	$(VENV)/bin/ruff check fusion tests benchmarks train.py evaluate.py predict.py export.py
 
 clean:
 	rm -rf $(VENV)

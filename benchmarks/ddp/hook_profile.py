@@ -19,10 +19,10 @@ from collections import Counter
 
 import torch
 import torch.distributed as dist
+from throughput import HOOK_ARGS, HOOK_OF_VARIANT, build, make_batch  # benchmarks/ddp/throughput.py
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from throughput import HOOK_ARGS, HOOK_OF_VARIANT, build, make_batch  # benchmarks/ddp/throughput.py
 from fusion.distributed.registry import make_comm_hook
 
 VIEW_OPS = {"view", "_unsafe_view", "reshape", "slice", "select", "as_strided", "alias", "detach", "expand",
