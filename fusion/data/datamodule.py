@@ -19,6 +19,7 @@ from fusion.data.dataset import AudioBatcher, Collate, ManifestDataset, decode_m
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
 from fusion.data.media import MediaError
+from fusion.data.progress import logged
 from fusion.data.tokenizer import build_tokenizer
 from fusion.encoders.preprocessing import (
     AudioPreprocessing,
@@ -185,11 +186,8 @@ class ManifestDataModule(L.LightningDataModule):
         good, problems, decoded = [], [], {}
         files = sum(1 for row in rows for m in row.media if m != "text")
         log.info("checking %d rows: decoding %d media files once", len(rows), files)
-        start = last_report = time.perf_counter()
-        for index, row in enumerate(rows):
-            if time.perf_counter() - last_report > 5.0:
-                last_report = time.perf_counter()
-                log.info("  %d/%d rows checked (%.0f rows/s)", index, len(rows), index / (last_report - start))
+        start = time.perf_counter()
+        for row in logged(rows, "rows", log):
             row_values, row_problems = {}, []
             for m, value in row.media.items():
                 if m == "text":

@@ -11,7 +11,6 @@ import csv
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.distributed_eval_sampler import with_eval_sampler
+from fusion.data.progress import logged
 from fusion.data.video_io import DEFAULT_MOUTH_BOX, load_sync_clip
 from fusion.errors import ConfigError, MissingFileError
 from fusion.files import atomic_write, fusion_home
@@ -182,11 +182,7 @@ class SyncDataModule(L.LightningDataModule):
         f = self.features
         clips, problems = [], []
         log.info("decoding %d videos (mouth crops + log-mel) once; cached in %s", len(files), cache)
-        start = last_report = time.perf_counter()
-        for index, path in enumerate(files):
-            if time.perf_counter() - last_report > 5.0:
-                last_report = time.perf_counter()
-                log.info("  %d/%d videos decoded (%.1f files/s)", index, len(files), index / (last_report - start))
+        for path in logged(files, "videos", log):
             try:
                 clip = load_sync_clip(path, f["sample_rate"], f["n_mels"], f["subframes"], tuple(f["mouth_box"]),
                                       (f["crop_size"], f["crop_size"]))
