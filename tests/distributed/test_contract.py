@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fusion.distributed.registry import HOOK_NAMES
 from tests.distributed.common import grads, loss_of, make_model, make_optimizer, train, wrap
-from tests.helpers.spawn import run_gloo
+from tests.helpers.spawn import rank_results
 
 WORLD, STEPS = 2, 5
 
@@ -150,9 +150,7 @@ def run_contract(rank: int, world: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("contract")
-    run_gloo(run_contract, WORLD, str(out_dir), timeout=240)
-    return [torch.load(out_dir / f"{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return rank_results(run_contract, WORLD, str(tmp_path_factory.mktemp("contract")), timeout=240)
 
 
 def test_every_registered_hook_has_a_case():

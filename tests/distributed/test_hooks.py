@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fusion.distributed.registry import make_comm_hook
 from tests.distributed.common import loss_of, make_model, make_optimizer, reduced_mean, train, wrap
-from tests.helpers.spawn import run_gloo
+from tests.helpers.spawn import rank_results
 
 WORLD = 2
 TOPK_RATIO = 0.05
@@ -115,9 +115,7 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("hooks")
-    run_gloo(run_scenarios, WORLD, str(out_dir), timeout=240)
-    return [torch.load(out_dir / f"{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return rank_results(run_scenarios, WORLD, str(tmp_path_factory.mktemp("hooks")), timeout=240)
 
 
 def test_int8_within_quantization_bound_of_exact_average(results):

@@ -39,3 +39,10 @@ def run_gloo(fn: Callable, world: int, *args, timeout: float = 120.0) -> None:
                 if process.is_alive():
                     process.kill()
             raise TimeoutError(f"distributed workers did not finish within {timeout} s")
+
+
+def rank_results(fn: Callable, world: int, out_dir: str, timeout: float = 120.0) -> list:
+    """Runs ``fn(rank, world, out_dir)`` as :func:`run_gloo` does; returns what each rank saved as
+    ``<out_dir>/<rank>.pt``, in rank order."""
+    run_gloo(fn, world, out_dir, timeout=timeout)
+    return [torch.load(f"{out_dir}/{rank}.pt", weights_only=False) for rank in range(world)]
