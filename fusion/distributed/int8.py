@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fusion.distributed.base import HookState, completed_future, used_by_callback
+from fusion.errors import ConfigError
 
 
 class Int8State(HookState):
@@ -41,13 +42,13 @@ class Int8State(HookState):
                  error_feedback: bool = True) -> None:
         super().__init__(module, process_group)
         if granularity not in ("block", "tensor", "bucket"):
-            raise ValueError(f"int8 granularity must be 'block', 'tensor' or 'bucket', got {granularity!r}")
+            raise ConfigError(f"comm_hook.granularity must be 'block', 'tensor' or 'bucket', got {granularity!r}")
         if block_size < 1:
-            raise ValueError(f"int8 block_size must be >= 1, got {block_size}")
+            raise ConfigError(f"comm_hook.block_size must be >= 1, got {block_size}")
         self.block_size = block_size
         self.levels = 127 // self.world_size
         if self.levels < 1:
-            raise ValueError(f"int8 hook supports at most 127 ranks, got world size {self.world_size}")
+            raise ConfigError(f"int8 hook supports at most 127 ranks, got world size {self.world_size}")
         self.granularity = granularity
         self.error_feedback = error_feedback
         self._plans: dict[tuple[int, ...], ScalePlan] = {}

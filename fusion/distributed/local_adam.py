@@ -28,6 +28,7 @@ from torch import nn
 from fusion.distributed.base import SGD_WITHOUT_MOMENTUM, used_by_callback
 from fusion.distributed.moments import GradientMoment
 from fusion.distributed.topk import TopKConfig, TopKState, dense_average, sparse_average
+from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,9 @@ class LocalAdamConfig(TopKConfig):
         super().__post_init__()
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"local_adam {name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"comm_hook.{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0.0:
-            raise ValueError(f"local_adam eps must be > 0, got {self.eps}")
+            raise ConfigError(f"comm_hook.eps must be > 0, got {self.eps}")
 
 
 class LocalAdamState(TopKState):

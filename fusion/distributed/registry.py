@@ -18,6 +18,7 @@ from fusion.distributed.int8 import Int8State, int8_hook
 from fusion.distributed.local_adam import LocalAdamState, local_adam_hook
 from fusion.distributed.topk import TopKState, topk_hook
 from fusion.distributed.torch_hooks import AllReduceState, PowerSGDHookState, allreduce_hook, powersgd_hook
+from fusion.errors import ConfigError
 
 CommHook = Callable[[Any, dist.GradBucket], Any]
 
@@ -57,11 +58,11 @@ def hook_arguments(name: str) -> tuple[str, ...]:
 def check_hook(name: str, args: Mapping[str, Any] | None = None) -> None:
     """Raises ValueError for an unknown hook name or an option the hook does not take."""
     if name not in _HOOKS:
-        raise ValueError(f"comm_hook must be one of none|{'|'.join(HOOK_NAMES)}, got {name!r}")
+        raise ConfigError(f"comm_hook must be one of none|{'|'.join(HOOK_NAMES)}, got {name!r}")
     accepted = hook_arguments(name)
     unknown = sorted(set(args or {}) - set(accepted))
     if unknown:
-        raise ValueError(f"comm_hook options {unknown} not accepted by comm_hook={name}; it takes {list(accepted)}")
+        raise ConfigError(f"comm_hook options {unknown} not accepted by comm_hook={name}; it takes {list(accepted)}")
 
 
 def hook_options(name: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fusion.distributed.base import HookState
 from fusion.distributed.registry import hook_options, make_comm_hook, state_class
+from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def check_hook_needs(comm_hook: str, optimizers: Iterable[torch.optim.Optimizer]
     """
     state = state_class(comm_hook)
     if state.devices is not None and torch.device(device).type not in state.devices:
-        raise ValueError(f"comm_hook={comm_hook} is experimental and runs on {'/'.join(state.devices)} only for now "
+        raise ConfigError(f"comm_hook={comm_hook} is experimental and runs on {'/'.join(state.devices)} only for now "
                          f"(see {state.__module__}), not on {device}: use trainer.accelerator="
                          f"{state.devices[0]}, or another comm_hook")
     need = state.required_optimizer
@@ -143,7 +144,7 @@ def check_hook_needs(comm_hook: str, optimizers: Iterable[torch.optim.Optimizer]
         return
     for optimizer in optimizers:
         if not need.accepts(optimizer):
-            raise ValueError(f"comm_hook={comm_hook} needs {need.description}: set {need.settings} (the "
+            raise ConfigError(f"comm_hook={comm_hook} needs {need.description}: set {need.settings} (the "
                              f"LightningModule's optimizer is {_describe(optimizer)})")
 
 
@@ -168,7 +169,7 @@ def build_strategy(comm_hook: Mapping[str, Any] | str | None, strategy: Any) -> 
         args = dict(comm_hook)
         name = args.pop("name", None)
         if name is None:
-            raise ValueError(f"comm_hook needs a name (comm_hook=none|topk|...), got {dict(comm_hook)}")
+            raise ConfigError(f"comm_hook needs a name (comm_hook=none|topk|...), got {dict(comm_hook)}")
     if name in (None, "none"):
         return strategy
     hook_options(name, args)  # raises for an unknown hook, option or value before any process starts
@@ -180,6 +181,6 @@ def build_strategy(comm_hook: Mapping[str, Any] | str | None, strategy: Any) -> 
         strategy = "ddp"
     entry = StrategyRegistry[strategy] if isinstance(strategy, str) and strategy in StrategyRegistry else None
     if entry is None or entry["strategy"] is not DDPStrategy:
-        raise ValueError(f"comm_hook={name} needs a DDP strategy (trainer.strategy=ddp, ddp_spawn, ...), "
+        raise ConfigError(f"comm_hook={name} needs a DDP strategy (trainer.strategy=ddp, ddp_spawn, ...), "
                          f"got trainer.strategy={strategy!r}")
     return CompressedDDPStrategy(name, args, **entry["init_params"])

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fusion.distributed.base import HookState, completed_future, used_by_callback
+from fusion.errors import ConfigError
 
 VALUE_DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -48,15 +49,15 @@ class TopKConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
-            raise ValueError(f"topk ratio must be in (0, 1], got {self.ratio}")
+            raise ConfigError(f"comm_hook.ratio must be in (0, 1], got {self.ratio}")
         if self.warmup_steps < 0:
-            raise ValueError(f"topk warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"comm_hook.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.density_warmup_steps < 0:
-            raise ValueError(f"topk density_warmup_steps must be >= 0, got {self.density_warmup_steps}")
+            raise ConfigError(f"comm_hook.density_warmup_steps must be >= 0, got {self.density_warmup_steps}")
         if self.value_dtype not in VALUE_DTYPES:
-            raise ValueError(f"topk value_dtype must be one of {sorted(VALUE_DTYPES)}, got {self.value_dtype!r}")
+            raise ConfigError(f"comm_hook.value_dtype must be one of {sorted(VALUE_DTYPES)}, got {self.value_dtype!r}")
         if self.granularity not in ("bucket", "tensor"):
-            raise ValueError(f"topk granularity must be 'bucket' or 'tensor', got {self.granularity!r}")
+            raise ConfigError(f"comm_hook.granularity must be 'bucket' or 'tensor', got {self.granularity!r}")
 
 
 class TopKState(HookState):

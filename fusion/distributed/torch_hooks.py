@@ -14,6 +14,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
 from fusion.distributed.base import HookState
+from fusion.errors import ConfigError
 
 _ALLREDUCE_DTYPES = {"allreduce": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -73,9 +74,9 @@ class PowerSGDHookState(HookState):
                  batch_tensors_with_same_shape: bool = False) -> None:
         super().__init__(module, process_group)
         if rank < 1:
-            raise ValueError(f"powersgd rank must be >= 1, got {rank}")
+            raise ConfigError(f"comm_hook.rank must be >= 1, got {rank}")
         if warmup_steps < 2:
-            raise ValueError(f"powersgd warmup_steps must be >= 2 (DDP rebuilds buckets after step 1), got "
+            raise ConfigError(f"comm_hook.warmup_steps must be >= 2 (DDP rebuilds buckets after step 1), got "
                              f"{warmup_steps}")
         self.powersgd = powersgd.PowerSGDState(
             process_group, matrix_approximation_rank=rank, start_powerSGD_iter=warmup_steps,

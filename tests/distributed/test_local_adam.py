@@ -16,11 +16,11 @@ from fusion.distributed.topk import TopKState
 
 
 def test_bad_options_name_themselves():
-    with pytest.raises(ValueError, match=r"local_adam beta2 must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"comm_hook.beta2 must be in \[0, 1\), got 1.0"):
         LocalAdamConfig(beta2=1.0)
-    with pytest.raises(ValueError, match="local_adam eps must be > 0"):
+    with pytest.raises(ValueError, match="comm_hook.eps must be > 0"):
         LocalAdamConfig(eps=0.0)
-    with pytest.raises(ValueError, match=r"topk ratio must be in \(0, 1\]"):  # top-k's checks apply too
+    with pytest.raises(ValueError, match=r"comm_hook.ratio must be in \(0, 1\]"):  # top-k's checks apply too
         LocalAdamConfig(ratio=0.0)
 
 

@@ -40,7 +40,7 @@ def test_build_strategy_passes_through_and_validates():
         build_strategy({"name": "int8"}, "deepspeed")
     with pytest.raises(ValueError, match=r"\['rank'\] not accepted by comm_hook=topk"):
         build_strategy({"name": "topk", "rank": 2}, "ddp")
-    with pytest.raises(ValueError, match=r"topk ratio must be in \(0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"comm_hook.ratio must be in \(0, 1\], got 2"):
         build_strategy({"name": "topk", "ratio": 2}, "ddp")
     with pytest.raises(ValueError, match="comm_hook needs a name"):
         build_strategy({"ratio": 0.1}, "ddp")

@@ -35,12 +35,12 @@ def test_defaults_are_the_recommended_configuration():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"ratio": 0.0}, r"topk ratio must be in \(0, 1\], got 0.0"),
-    ({"ratio": 1.5}, r"topk ratio must be in \(0, 1\]"),
-    ({"warmup_steps": -1}, "topk warmup_steps must be >= 0"),
-    ({"density_warmup_steps": -1}, "topk density_warmup_steps must be >= 0"),
-    ({"value_dtype": "int8"}, r"topk value_dtype must be one of \['bf16', 'fp16', 'fp32', 'fp64'\], got 'int8'"),
-    ({"granularity": "layer"}, "topk granularity must be 'bucket' or 'tensor', got 'layer'"),
+    ({"ratio": 0.0}, r"comm_hook.ratio must be in \(0, 1\], got 0.0"),
+    ({"ratio": 1.5}, r"comm_hook.ratio must be in \(0, 1\]"),
+    ({"warmup_steps": -1}, "comm_hook.warmup_steps must be >= 0"),
+    ({"density_warmup_steps": -1}, "comm_hook.density_warmup_steps must be >= 0"),
+    ({"value_dtype": "int8"}, r"comm_hook.value_dtype must be one of \['bf16', 'fp16', 'fp32', 'fp64'\], got 'int8'"),
+    ({"granularity": "layer"}, "comm_hook.granularity must be 'bucket' or 'tensor', got 'layer'"),
 ])
 def test_bad_options_name_themselves(options, message):
     with pytest.raises(ValueError, match=message):
