@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult
 from fusion.fusions.gating import modality_dropout
 
@@ -23,6 +24,14 @@ class FusionModel(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
+        lacking = [m for m, e in encoders.items() if self.needs_tokens and not hasattr(e, "forward_tokens")]
+        if lacking:
+            raise ConfigError(f"{type(fusion).__name__} fuses tokens, but the {lacking} encoder has no forward_tokens")
+
+    @property
+    def needs_tokens(self) -> bool:
+        """True for fusions that attend over tokens (fusion/fusions/cross_attention.py) rather than pooled features."""
+        return bool(getattr(self.fusion, "needs_tokens", False))
 
     @property
     def modalities(self) -> list[str]:
@@ -32,11 +41,22 @@ class FusionModel(nn.Module):
         """modality -> pooled features (B, D)."""
         return {m: self.encoders[m](batch[m]) for m in self.modalities}
 
+    def encode_tokens(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """modality -> tokens (B, T, D), and modality -> valid tokens (B, T) bool (text: its attention mask)."""
+        tokens = {m: self.encoders[m].forward_tokens(batch[m]) for m in self.modalities}
+        valid = {m: batch[m]["attention_mask"].bool() if isinstance(batch[m], dict) and "attention_mask" in batch[m]
+                 else torch.ones(tokens[m].shape[:2], dtype=torch.bool, device=tokens[m].device) for m in self.modalities}
+        return tokens, valid
+
     def forward_with_details(self, batch: dict) -> FusionResult:
         mask = {m: batch["mask"][m] for m in self.modalities}
         if self.training and self.modality_dropout > 0:
             mask = modality_dropout(mask, self.modality_dropout)
-        result = self.fusion.fuse(self.encode(batch), mask)
+        if self.needs_tokens:
+            tokens, valid = self.encode_tokens(batch)
+            result = self.fusion.fuse(tokens, mask, valid)
+        else:
+            result = self.fusion.fuse(self.encode(batch), mask)
         result.mask = mask  # what the fusion saw: losses and logged gate means must use this, not the batch's
         return result
 
