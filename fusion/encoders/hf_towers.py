@@ -1,5 +1,10 @@
 """Hugging Face towers (`hf:<hub id or folder>`): transformers' AutoModel with its AutoImageProcessor,
-AutoFeatureExtractor (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder) or AutoTokenizer.
+AutoFeatureExtractor (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder, CLAP's audio branch) or AutoTokenizer.
+
+Audio embeddings: the mean over the encoder frames that hold the clip (padding masked; Whisper sees its 30 s
+window but pools only the frames of the clip), the model's own pooled output where it has one (AST: the mean of
+its CLS and distillation tokens), and for CLAP the audio branch's pooled output through CLAP's audio projection,
+L2-normalised (the vector ClapModel compares with its text embeddings).
 
 Ids resolve through the Hugging Face cache; a folder, or `HF_HUB_OFFLINE=1`, means local files only. Remote
 code runs only with trust_remote_code; weights load as safetensors where the repository has them.
@@ -11,6 +16,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusion.encoders.finetune import find_blocks
@@ -72,10 +78,14 @@ def preprocessing(modality: str, tower: TowerName, trust_remote_code: bool = Fal
         mode = PIL_TO_MODE.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
         return ImagePreprocessing(crop=final, resize=resize, channels=3, mean=mean, std=std, interpolation=mode)
     extractor = load(AutoFeatureExtractor, tower.name, "feature extractor", trust_remote_code)
+    padding = getattr(extractor, "padding", None)  # CLAP's own: "repeatpad", the clip repeated over its window
+    if getattr(extractor, "n_samples", None):  # Whisper: its fixed 30 s window
+        padding = "max_length"
+    elif not isinstance(padding, str):  # wav2vec2, HuBERT, WavLM: the longest clip of the batch (AST: its max_length)
+        padding = "longest"
     return AudioPreprocessing(
         sample_rate=int(extractor.sampling_rate), variable_length=True, feature_extractor=source(tower.name),
-        padding="max_length" if getattr(extractor, "n_samples", None) else "longest",  # Whisper: fixed 30 s windows
-        extra=hub_options(tower.name, trust_remote_code))
+        padding=padding, extra=hub_options(tower.name, trust_remote_code))
 
 
 def load_tokenizer_check(name: str, trust_remote_code: bool) -> None:
@@ -102,13 +112,20 @@ class HFTower(nn.Module):
         model = load(AutoModel, name, "model (config.json + weights)", trust_remote_code)
         if getattr(model.config, "is_encoder_decoder", False):  # Whisper: the audio encoder only
             model = model.get_encoder()
+        projection, dim = None, None
+        if modality == "audio" and hasattr(model, "audio_model") and hasattr(model, "audio_projection"):
+            # CLAP (audio + text): the audio branch and its projection into the joint space; the text branch is dropped
+            projection, dim, model = model.audio_projection, int(model.config.projection_dim), model.audio_model
         self.modality = modality
-        self.pooling = ("cls" if modality == "image" else "mean") if pooling == "auto" else pooling
+        default = {"image": "cls", "audio": "pooler"}.get(modality, "mean")  # audio: mean over frames without a pooler
+        self.pooling = default if pooling == "auto" else pooling
         if self.pooling != "pooler" and getattr(model, "pooler", None) is not None:
             model.pooler = None  # unused (ViT, BERT): its weights would get no gradient
         self.model = model
+        self.projection = projection
         config = model.config
-        self.dim = int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0) or config.hidden_sizes[-1])
+        self.dim = dim or int(getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0)
+                              or config.hidden_sizes[-1])
         self.pass_audio_mask = False
         if modality == "audio":
             extractor = load(AutoFeatureExtractor, name, "feature extractor", trust_remote_code)
@@ -128,31 +145,50 @@ class HFTower(nn.Module):
             mask = value["attention_mask"]  # (B, T)
             out = self.model(input_ids=value["input_ids"], attention_mask=mask)
         elif self.modality == "audio":
-            inputs = {k: value[k] for k in ("input_values", "input_features") if k in value}
-            if self.pass_audio_mask and "attention_mask" in value:
-                inputs["attention_mask"] = value["attention_mask"]
-            out = self.model(**inputs)
-            mask = self._frame_mask(out.last_hidden_state.shape[1], value.get("attention_mask"))
+            out = self.model(**self._audio_inputs(value))
+            hidden = out.last_hidden_state
+            frames = hidden.shape[1] if hidden.dim() == 3 else 0  # CLAP's (B, C, h, w) maps have no frame mask
+            mask = self._frame_mask(frames, value.get("attention_mask"))
         else:
             out, mask = self.model(pixel_values=value), None
         hidden = out.last_hidden_state
-        if hidden.dim() == 4:  # conv nets: (B, C, h, w) -> (B, hw, C)
+        if hidden.dim() == 4:  # conv nets, CLAP's audio branch: (B, C, h, w) -> (B, hw, C)
             hidden = hidden.flatten(2).transpose(1, 2)
         pooled = getattr(out, "pooler_output", None)
+        if self.projection is not None:  # CLAP: the audio embedding, unit length as CLAP compares it
+            hidden = F.normalize(self.projection(hidden), dim=-1)  # (B, T, P)
+            pooled = F.normalize(self.projection(pooled), dim=-1)  # (B, P)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "mean" or pooled is None:
             pooled = masked_mean(hidden, mask)
         return hidden, mask, pooled.flatten(1)
 
-    def _frame_mask(self, frames: int, sample_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """Sample-level attention mask (B, L) -> frame mask (B, T') of the encoder's outputs."""
-        if sample_mask is None:
+    def _audio_inputs(self, value: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: value[k] for k in ("input_values", "input_features") if k in value}
+        if self.pass_audio_mask and "attention_mask" in value:
+            inputs["attention_mask"] = value["attention_mask"]
+        if getattr(self.model.config, "enable_fusion", False):  # fused CLAP: which clips exceed its 10 s window
+            inputs["is_longer"] = longer_than_window(value["input_features"])
+        return inputs
+
+    def _frame_mask(self, frames: int, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Sample- or feature-level attention mask (B, L) -> frame mask (B, T') of the encoder's outputs."""
+        if mask is None or not frames:
             return None
         to_frames = getattr(self.model, "_get_feature_vector_attention_mask", None)
-        if to_frames is not None:
-            return to_frames(frames, sample_mask).bool()
-        return sample_mask.bool() if sample_mask.shape[1] == frames else None
+        if to_frames is not None:  # wav2vec2, HuBERT, WavLM: through the conv feature encoder's lengths
+            return to_frames(frames, mask).bool()
+        if mask.shape[1] % frames == 0:  # Whisper: feature frames (B, 3000), the encoder halves them (B, 1500)
+            return mask[:, :: mask.shape[1] // frames].bool()
+        return None
+
+
+def longer_than_window(features: torch.Tensor) -> torch.Tensor:
+    """Fused CLAP's `is_longer` (B, 1) from its features (B, 4, T, F): the extractor stacks four copies of a clip
+    that fits the window, and the whole clip plus three crops of a longer one. (The extractor's own flag marks a
+    random clip when none is longer, which would make an embedding depend on its batch.)"""
+    return (features[:, :1] != features[:, 1:]).flatten(1).any(1, keepdim=True)
 
 
 def build(modality: str, tower: TowerName, pooling: str = "auto", trust_remote_code: bool = False) -> HFTower:

@@ -50,7 +50,7 @@ class AudioPreprocessing:
     seconds: float = 1.0  # fixed length (centre crop / zero pad); with variable_length: the longest kept
     variable_length: bool = False  # pad each batch to its longest clip and pass an attention mask
     feature_extractor: str | None = None  # transformers feature extractor (folder or hub id) applied per batch
-    padding: str = "longest"  # how the feature extractor pads a batch: longest | max_length (Whisper)
+    padding: str = "longest"  # how the feature extractor pads: longest | max_length (Whisper) | repeatpad (CLAP)
     extra: dict = field(default_factory=dict)  # keyword arguments of from_pretrained (local_files_only, ...)
 
     def __post_init__(self) -> None:

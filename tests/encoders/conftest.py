@@ -50,6 +50,65 @@ def tiny_wav2vec2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A 2-layer Whisper whose feature extractor pads to a 2 s window (200 log-mel frames; the real one: 30 s)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    folder = tmp_path_factory.mktemp("whisper")
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=64, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                           max_source_positions=100, max_target_positions=16, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, decoder_start_token_id=3)
+    WhisperModel(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_ast(tmp_path_factory) -> Path:
+    """A 2-layer Audio Spectrogram Transformer over 100 frames x 32 mel bins (the real one: 1024 x 128)."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    folder = tmp_path_factory.mktemp("ast")
+    torch.manual_seed(0)
+    ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       num_mel_bins=32, max_length=100, frequency_stride=16, time_stride=16)).save_pretrained(folder)
+    ASTFeatureExtractor(num_mel_bins=32, max_length=100, sampling_rate=16000).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clap(folder: Path, fused: bool) -> Path:
+    """A CLAP (HTSAT audio branch + a 1-layer text branch) at 48 kHz with a 1 s window (the real one: 10 s).
+    Fused: four-channel features and the 64 mel bins the extractor's fusion path assumes."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    torch.manual_seed(0)
+    mels = 64 if fused else 16
+    audio = dict(spec_size=128 if fused else 64, num_mel_bins=mels, patch_size=4, patch_stride=(4, 4), window_size=4,
+                 hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
+                 enable_fusion=fused)
+    text = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=40)
+    ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16)).save_pretrained(folder)
+    ClapFeatureExtractor(feature_size=mels, sampling_rate=48000, max_length_s=1,
+                         truncation="fusion" if fused else "rand_trunc").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory) -> Path:
+    """Like laion/clap-htsat-unfused: one spectrogram channel, clips longer than the window randomly cropped."""
+    return save_tiny_clap(tmp_path_factory.mktemp("clap"), fused=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_fused(tmp_path_factory) -> Path:
+    """Like laion/clap-htsat-fused: a longer clip is the whole clip shrunk plus three crops, fused in the model."""
+    return save_tiny_clap(tmp_path_factory.mktemp("clap_fused"), fused=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT with a small word-piece vocabulary and its tokenizer."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
