@@ -19,7 +19,7 @@ from collections import Counter
 
 import torch
 import torch.distributed as dist
-from throughput import HOOK_ARGS, HOOK_OF_VARIANT, build, make_batch  # benchmarks/ddp/throughput.py
+from throughput import HOOK_ARGS, build, make_batch  # benchmarks/ddp/throughput.py
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -68,7 +68,7 @@ def instrumented(hook, seconds: list[float], ops: Counter, syncs: list[int]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="progressive")
-    parser.add_argument("--hooks", nargs="+", default=["allreduce", "fp16", "int8", "int8_tensor", "topk"],
+    parser.add_argument("--hooks", nargs="+", default=["allreduce", "fp16", "int8", "topk"],
                         choices=list(HOOK_ARGS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -88,7 +88,7 @@ def main() -> None:
         model, shape = build(args.model)
         model = model.to(device)
         ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        state, hook = make_comm_hook(HOOK_OF_VARIANT.get(hook_name, hook_name), model, None, HOOK_ARGS[hook_name])
+        state, hook = make_comm_hook(hook_name, model, None, HOOK_ARGS[hook_name])
         seconds: list[float] = []
         ops: Counter[str] = Counter()
         syncs: list[int] = []

@@ -9,7 +9,7 @@ set -uo pipefail
 OUT=${1:?usage: benchmarks/ddp/scaling_gpu.sh OUT_DIR [GPU counts] [models]}
 COUNTS=${2:-"1 2 4"}
 MODELS=${3:-"progressive clip resnet50"}
-HOOKS=${HOOKS:-"none allreduce fp16 bf16 int8 int8_tensor topk powersgd torch_uint8"}
+HOOKS=${HOOKS:-"none allreduce fp16 bf16 int8 topk powersgd torch_uint8"}
 STEPS=${STEPS:-20}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-5}

@@ -40,9 +40,7 @@ HOOK_ARGS = {
     "int8": {},
     "topk": {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 0},  # 0.1 % after 2 dense steps
     "powersgd": {"rank": 2, "warmup_steps": 2},
-    "int8_tensor": {"granularity": "tensor"},  # int8 with one scale per tensor instead of per 512-block
 }
-HOOK_OF_VARIANT = {"int8_tensor": "int8"}
 
 
 # ---- models with the recipes' shapes ----------------------------------------------------------------------
@@ -180,7 +178,7 @@ def wrap(model: nn.Module, hook_name: str, device: torch.device, args: argparse.
             hook = slow_link(hook, counter, args.emulate_gbps, args.latency_us)
         ddp.register_comm_hook(None, hook)
         return ddp, counter
-    state, hook = make_comm_hook(HOOK_OF_VARIANT.get(hook_name, hook_name), model, None, HOOK_ARGS[hook_name])
+    state, hook = make_comm_hook(hook_name, model, None, HOOK_ARGS[hook_name])
     if args.emulate_gbps:
         hook = slow_link(hook, state.counter, args.emulate_gbps, args.latency_us)
     ddp.register_comm_hook(state, hook)

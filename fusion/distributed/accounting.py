@@ -2,7 +2,9 @@
 
 Costs follow the ring algorithms NCCL and gloo use for large messages, counted as bytes *sent by one
 rank*: an all-reduce of ``S`` bytes sends ``2 (W - 1) / W * S``; an all-gather where each rank
-contributes ``s`` bytes sends ``(W - 1) * s``. The reference is an fp32 all-reduce of the same gradient
+contributes ``s`` bytes sends ``(W - 1) * s``; an all-to-all of ``S`` bytes per rank (its rows to all
+ranks, its own included) sends ``(W - 1) / W * S``, the average over ranks (a rank keeps its own row, and
+rows may differ in length), so every rank reports the same numbers. The reference is an fp32 all-reduce of the same gradient
 buckets, so ``compression = fp32_bytes / sent_bytes``. Each collective is also counted, so a time model
 ``t = collectives * latency + bytes / bandwidth`` can be applied afterwards.
 """
@@ -13,6 +15,11 @@ from dataclasses import dataclass, field
 def allreduce_wire_bytes(payload_bytes: int, world_size: int) -> float:
     """Bytes one rank sends in a ring all-reduce of ``payload_bytes``."""
     return 2.0 * (world_size - 1) / world_size * payload_bytes
+
+
+def alltoall_wire_bytes(payload_bytes: int, world_size: int) -> float:
+    """Bytes one rank sends, on average over ranks, in an all-to-all of ``payload_bytes`` per rank."""
+    return (world_size - 1) / world_size * payload_bytes
 
 
 def allgather_wire_bytes(bytes_per_rank: int, world_size: int) -> float:
@@ -57,6 +64,11 @@ class WireCounter:
     def add_allgather(self, bytes_per_rank: int) -> None:
         """Counts one all-gather in which each rank contributes ``bytes_per_rank``."""
         self._bytes += allgather_wire_bytes(bytes_per_rank, self.world_size)
+        self._collectives += 1
+
+    def add_alltoall(self, payload_bytes: int) -> None:
+        """Counts one all-to-all of ``payload_bytes`` (the send buffer on one rank, its own row included)."""
+        self._bytes += alltoall_wire_bytes(payload_bytes, self.world_size)
         self._collectives += 1
 
     def add_bucket(self, numel: int, compressed: bool) -> None:
