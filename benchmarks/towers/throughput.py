@@ -6,7 +6,8 @@ the late recipe at batch 64 on MNIST + FSDD, each tower in its own process, all 
     python benchmarks/towers/throughput.py --manifest /tmp/mnist_fsdd/manifest.csv --steps 20 \
         --out benchmarks/towers/results/throughput_cpu.json
 
-Random weights (`:none`), so nothing is downloaded; the cost is the same as with the pretrained weights.
+Random weights (`:none`; the audio tower: a folder with wav2vec2-base's config and feature extractor, built here),
+so nothing is downloaded; the cost is the same as with the pretrained weights.
 """
 
 from __future__ import annotations
@@ -21,14 +22,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-# name -> overrides on top of the late recipe; the audio tower stays built-in in every row
+WAV2VEC2_BASE = Path("/tmp/towers-bench/wav2vec2-base-random")  # random_wav2vec2_base writes it
+FROZEN = "+model.encoders.{m}={{_target_:fusion.encoders.pretrained.PretrainedEncoder,modality:{m},tower:'{t}',freeze:true}}"
+
+# name -> overrides on top of the late recipe; each row changes one tower, the other stays built-in
 TOWERS = {
     "builtin": [],
     "tv:resnet18@224": ["model.encoders.image=tv:resnet18:none"],  # the weights' transforms: 256 -> crop 224
     "tv:resnet18@64": ["model.encoders.image=tv:resnet18:none", "data.image_size=64"],
-    "tv:resnet18@224-frozen": ["~model.encoders.image", "+model.encoders.image={_target_:fusion.encoders.pretrained."
-                               "PretrainedEncoder,modality:image,tower:'tv:resnet18:none',freeze:true}"],
+    "tv:resnet18@224-frozen": ["~model.encoders.image", FROZEN.format(m="image", t="tv:resnet18:none")],
+    "hf:wav2vec2-base": [f"model.encoders.audio=hf:{WAV2VEC2_BASE}"],  # 16 kHz, batches padded to the longest clip
+    "hf:wav2vec2-base-frozen": ["~model.encoders.audio", FROZEN.format(m="audio", t=f"hf:{WAV2VEC2_BASE}")],
 }
+
+
+def random_wav2vec2_base(folder: Path) -> None:
+    """facebook/wav2vec2-base's shape (transformers' default Wav2Vec2Config: 12 layers of 768, group-norm conv
+    feature encoder, no attention mask) and its feature extractor settings, with random weights."""
+    if (folder / "config.json").exists():
+        return
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True, return_attention_mask=False).save_pretrained(folder)
 
 
 def measure(name: str, manifest: str, steps: int, warmup: int, accelerator: str) -> dict:
@@ -68,7 +86,9 @@ def measure(name: str, manifest: str, steps: int, warmup: int, accelerator: str)
     median = timed[len(timed) // 2]
     params = sum(p.numel() for p in task.parameters())
     trainable = sum(p.numel() for p in task.parameters() if p.requires_grad)
-    result = {"tower": name, "image_input": list(next(iter(datamodule.train_dataloader()))["image"].shape[1:]),
+    batch = next(iter(datamodule.train_dataloader()))
+    audio = batch["audio"]["input_values"] if isinstance(batch["audio"], dict) else batch["audio"]  # (B, L)
+    result = {"tower": name, "image_input": list(batch["image"].shape[1:]), "audio_input": list(audio.shape[1:]),
               "params_M": round(params / 1e6, 2), "trainable_M": round(trainable / 1e6, 2), "steps": len(timed),
               "median_step_s": round(median, 4), "samples_per_s": round(64 / median, 1),
               "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -91,6 +111,8 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(measure(args.one, args.manifest, args.steps, args.warmup, args.accelerator)))
         return
+    if any("wav2vec2" in name for name in args.towers):
+        random_wav2vec2_base(WAV2VEC2_BASE)
     rows = []
     for name in args.towers:
         proc = subprocess.run([sys.executable, __file__, "--one", name, "--manifest", args.manifest, "--steps",
