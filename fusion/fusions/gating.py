@@ -4,7 +4,6 @@ The gate scores each modality from its (projected) features and the presence pat
 softmax restricted to the present modalities, so absent ones get exactly zero weight and the present ones
 are renormalised (nothing is zero-filled into the softmax). Optional regularisers: an entropy bonus that
 keeps the gate from collapsing early and a load-balance term (as in switch-style mixtures of experts).
-Modality dropout, used in training, removes present modalities at random while keeping at least one.
 """
 
 from __future__ import annotations
@@ -62,28 +61,3 @@ def masked_softmax(scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     scores = scores.masked_fill(~present, float("-inf"))
     return torch.softmax(scores, dim=1).masked_fill(~present, 0.0)
 
-
-def modality_dropout(mask: dict[str, torch.Tensor], p: float, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Drops each present modality with probability `p`, never all of a sample's modalities.
-
-    Args:
-        mask: modality -> (B,) bool presence.
-        p: drop probability per present modality.
-
-    Returns:
-        A new mask dict; samples whose every modality was drawn for dropping keep one present modality.
-    """
-    if p <= 0:
-        return mask
-    modalities = sorted(mask)
-    present = torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
-    drop = torch.rand(present.shape, generator=generator, device=present.device if generator is None else "cpu").to(present.device) < p
-    kept = present & ~drop  # (B, M)
-    lost = ~kept.any(dim=1) & present.any(dim=1)  # (B,)
-    if bool(lost.any()):
-        # keep one random originally-present modality for samples that lost all of them
-        noise = torch.rand(present.shape, generator=generator, device=present.device if generator is None else "cpu").to(present.device)
-        choice = (noise * present).argmax(dim=1)  # (B,)
-        rescue = torch.nn.functional.one_hot(choice, len(modalities)).bool() & lost[:, None]
-        kept = kept | rescue
-    return {m: kept[:, i] for i, m in enumerate(modalities)}

@@ -7,7 +7,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult
-from fusion.fusions.gating import modality_dropout
+from fusion.fusions.modality_dropout import modality_dropout
 
 
 class FusionModel(nn.Module):
@@ -16,7 +16,7 @@ class FusionModel(nn.Module):
     Args:
         encoders: modality -> encoder mapping that modality's batch value to (B, D); must expose `out_dim`.
         fusion: a Fusion built for {modality: encoder.out_dim}.
-        modality_dropout: probability of hiding a present modality from the fusion during training.
+        modality_dropout: share of training samples shown only a random proper subset of their modalities.
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0):
