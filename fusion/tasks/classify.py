@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
 
+from fusion.data.corruption import CorruptionAugment
 from fusion.encoders.finetune import pretrained_lr_scales, scaled_groups
 from fusion.encoders.towers import encoder_config
 from fusion.errors import ConfigError
@@ -40,7 +41,8 @@ class ClassificationTask(L.LightningModule):
         data_spec: {"modalities", "num_classes", "classes"} from the datamodule.
         encoders: modality -> encoder config (`_target_` + arguments).
         fusion: fusion config (`_target_` + arguments; modality_dims and num_classes are filled in).
-        modality_dropout: probability of hiding a present modality in training.
+        modality_dropout: share of training samples shown only a random proper subset of their modalities.
+        corruption: training corruption of one modality per sample (fields of fusion.data.corruption.CorruptionAugment).
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
         lr: peak learning rate of the schedule.
         weight_decay: weight decay (decoupled for AdamW; for SGD added to the gradient as L2 by the optimizer).
@@ -54,10 +56,11 @@ class ClassificationTask(L.LightningModule):
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.1,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
-                 optimizer: str = "adamw", momentum: float = 0.9):
+                 optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
+        self.corruption = CorruptionAugment(**(corruption or {}))
         k = data_spec["num_classes"]
         metrics = torchmetrics.MetricCollection({
             "acc": torchmetrics.Accuracy(task="multiclass", num_classes=k),
@@ -75,6 +78,8 @@ class ClassificationTask(L.LightningModule):
         return self.model(batch)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        if stage == "train":
+            batch = self.corruption(batch)
         result = self.model.forward_with_details(batch)
         labels = batch["label"]
         smoothing = self.hparams.label_smoothing

@@ -13,7 +13,7 @@ from tests.helpers.recipes import compose_recipe
 
 @pytest.mark.parametrize("recipe", ["late", "progressive"])
 def test_unimodal_losses_use_the_mask_after_dropout(recipe, tiny_digits, monkeypatch):
-    cfg = compose_recipe(recipe, [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6"])
+    cfg = compose_recipe(recipe, [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6", "model.corruption.p=0"])
     data = instantiate(cfg.data)
     data.prepare()
     task = instantiate(cfg.model, data_spec=data.spec, _recursive_=False, _convert_="all").train()
@@ -39,7 +39,7 @@ def test_unimodal_losses_use_the_mask_after_dropout(recipe, tiny_digits, monkeyp
 
 
 def test_gate_weight_of_a_dropped_modality_is_zero(tiny_digits):
-    cfg = compose_recipe("late", [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6"])
+    cfg = compose_recipe("late", [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6", "model.corruption.p=0"])
     data = instantiate(cfg.data)
     data.prepare()
     model = instantiate(cfg.model, data_spec=data.spec, _recursive_=False, _convert_="all").model.train()
