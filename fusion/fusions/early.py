@@ -12,6 +12,10 @@ from fusion.fusions.gating import ModalityGate
 class EarlyFusion(Fusion):
     """Projects each modality to `hidden_dim`, scales it by its gate weight, concatenates, classifies with an MLP.
 
+    A linear head per modality reads its projection (before the gate), so the task can train each projection
+    to be useful on its own: the trunk then still gets informative features when the other modalities are
+    missing.
+
     Args:
         modality_dims: modality -> pooled feature size.
         num_classes: output classes.
@@ -33,13 +37,16 @@ class EarlyFusion(Fusion):
             layers += [nn.Linear(width, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
             width = hidden_dim
         self.trunk = nn.Sequential(*layers, nn.Linear(width, num_classes))
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden_dim, num_classes) for m in self.modalities})
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
         weights, reg = self.gate(features, mask)  # (B, M)
         scale = weights * present.sum(1, keepdim=True)  # (B, M): 1 each under a uniform gate, 0 if absent
-        joined = [self.proj[m](features[m]) * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
+        projected = {m: self.proj[m](features[m]) for m in self.modalities}  # m -> (B, H)
+        joined = [projected[m] * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
         joined.append(present.to(joined[0].dtype))
         logits = self.trunk(torch.cat(joined, dim=1))  # (B, K)
-        return FusionResult(logits, named_weights("feature", self.modalities, weights), reg)
+        unimodal = {m: self.heads[m](projected[m]) for m in self.modalities}  # m -> (B, K)
+        return FusionResult(logits, named_weights("feature", self.modalities, weights), reg, unimodal)
