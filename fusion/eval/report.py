@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from fusion.eval.pareto import pareto_front, plot_pareto
+from fusion.eval.robustness import gate_of
+from fusion.eval.robustness_plot import plot_robustness
 
 
 def _si(value: float | None, unit: str = "") -> str:
@@ -46,23 +48,33 @@ def _rows_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _robustness_table(robustness: dict[str, dict]) -> list[str]:
-    lines = ["| model | modality | acc with modality removed | acc vs noise level | relative robustness "
-             "| effective robustness (vs late) |", "|---|---|---|---|---|---|"]
+def _subsets_table(robustness: dict[str, dict]) -> list[str]:
+    subsets = list(next(iter(robustness.values()))["subsets"])
+    lines = ["| model | fusion | " + " | ".join(subsets) + " |", "|---|---|" + "---|" * len(subsets)]
     for model, result in robustness.items():
-        for modality, curve in result["noise"].items():
-            levels = ", ".join(f"{lv:g}: {100 * acc:.1f}" for lv, acc in zip(curve["levels"], curve["acc"], strict=True))
-            effective = curve.get("effective_robustness")
-            lines.append(
-                f"| {model} | {modality} | {100 * result['removed'][modality]:.2f} % | {levels} "
-                f"| {100 * curve['relative_robustness']:.2f} | "
-                f"{'n/a' if effective is None else f'{100 * effective:+.2f}'} |"
-            )
+        cells = [f"{100 * result['subsets'][s]['acc']:.2f} %" if s in result["subsets"] else "n/a" for s in subsets]
+        lines.append(f"| {model} | {result.get('fusion', '?')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _corruption_table(robustness: dict[str, dict]) -> list[str]:
+    lines = ["| model | modality | corruption | accuracy (%) by level | gate weight by level | relative robustness "
+             "| effective robustness (vs late) |", "|---|---|---|---|---|---|---|"]
+    for model, result in robustness.items():
+        for modality, curves in result["corruption"].items():
+            for kind, curve in curves.items():
+                levels = ", ".join(f"{lv:g}: {100 * acc:.1f}" for lv, acc in zip(curve["levels"], curve["acc"], strict=True))
+                gate = gate_of(curve, modality)
+                weights = "n/a" if gate is None else f"{gate}: " + ", ".join(f"{w:.2f}" for w in curve["gate"][gate])
+                effective = curve.get("effective_robustness")
+                lines.append(f"| {model} | {modality} | {kind} | {levels} | {weights} "
+                             f"| {100 * curve['relative_robustness']:.2f} | "
+                             f"{'n/a' if effective is None else f'{100 * effective:+.2f}'} |")
     return lines
 
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Writes ``report.json``, ``report.md`` and ``pareto.png`` into ``out_dir``.
+    """Writes ``report.json``, ``report.md``, ``pareto.png`` and (with robustness results) ``robustness.png``.
 
     Args:
         report: ``{"machine": {...}, "settings": {...}, "rows": [...], "robustness": {...}, "skipped": {...}}``
@@ -72,7 +84,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
         out_dir: Output folder (created).
 
     Returns:
-        Paths of the written files keyed ``json``, ``md``, ``png``.
+        Paths of the written files keyed ``json``, ``md``, ``png``, ``robustness_png``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +107,14 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
            "★ = on the accuracy/latency Pareto front of its device.", ""]
     md += _rows_table(rows)
     if report.get("robustness"):
-        md += ["", "## Robustness", "", "Accuracy (%) on the test split; noise level = noise std / signal std "
-               "(token replacement probability for text). Robustness scores are areas normalised to the level "
-               "span, in accuracy points.", ""]
-        md += _robustness_table(report["robustness"])
+        md += ["", "## Robustness", "", "Accuracy on the test split with only these modalities present (the others "
+               "removed; rows left with no input are not counted):", ""]
+        md += _subsets_table(report["robustness"])
+        md += ["", "One modality corrupted step by step (fusion/data/corruption.py: noise std / signal std, occluded "
+               "share, share of impulse-hit entries; for text the share of replaced / deleted tokens). Gate weight = "
+               "mean weight of the corrupted modality in the model's last gate, over the test rows (robustness.png "
+               "plots both). Robustness scores are areas normalised to the level span, in accuracy points.", ""]
+        md += _corruption_table(report["robustness"])
     if report.get("skipped"):
         md += ["", "## Not evaluated", ""] + [f"- {key}: {why}" for key, why in report["skipped"].items()]
     try:
@@ -106,5 +122,10 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     except ImportError as err:  # matplotlib absent: the table and JSON are still complete
         md += ["", f"(pareto.png not written: {err})"]
         del paths["png"]
+    if report.get("robustness"):
+        try:
+            paths["robustness_png"] = plot_robustness(report["robustness"], out_dir / "robustness.png")
+        except ImportError as err:
+            md += ["", f"(robustness.png not written: {err})"]
     paths["md"].write_text("\n".join(md) + "\n")
     return paths

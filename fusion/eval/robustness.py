@@ -1,4 +1,4 @@
-"""Robustness of a fusion model to a missing modality and to increasing noise on one modality.
+"""Robustness of a fusion model to missing modalities and to one modality corrupted step by step.
 
 Summary numbers follow MultiBench (Liang et al., 2021, "MultiBench: Multiscale Benchmarks for Multimodal
 Representation Learning"): *relative robustness* is the area under the accuracy-vs-noise curve, *effective
@@ -10,13 +10,16 @@ on the accuracy scale and independent of how many levels were evaluated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import combinations
 
 import torch
 
-from fusion.data.batches import select_rows
-from fusion.eval.accuracy import classification_metrics, predict
+from fusion.data.batches import select_rows, to_device
+from fusion.data.corruption import corrupt
+from fusion.eval.accuracy import batch_size_of, classification_metrics
 
 DEFAULT_NOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_CORRUPTIONS = ("noise", "occlusion", "impulse")  # impulse: a kind training does not use by default
 
 
 def _copy_batch(batch: dict) -> dict:
@@ -41,38 +44,52 @@ def remove_modality(batch: dict, modality: str) -> dict:
     return removed
 
 
+def keep_only(batch: dict, modalities: Sequence[str]) -> dict:
+    """``batch`` with every other modality removed, keeping only samples that still have one (fusions need one)."""
+    kept = batch
+    for modality in sorted(batch["mask"]):
+        if modality not in modalities:
+            kept = remove_modality(kept, modality)
+    still_present = torch.stack(list(kept["mask"].values()), dim=1).any(dim=1)  # (B,)
+    return kept if bool(still_present.all()) else select_rows(kept, still_present)
+
+
 def without_modality(batch: dict, modality: str) -> dict:
-    """``remove_modality``, keeping only samples that still have another modality (fusions need one)."""
-    removed = remove_modality(batch, modality)
-    still_present = torch.stack(list(removed["mask"].values()), dim=1).any(dim=1)  # (B,)
-    return removed if bool(still_present.all()) else select_rows(removed, still_present)
+    """``remove_modality``, keeping only samples that still have another modality."""
+    return keep_only(batch, [m for m in batch["mask"] if m != modality])
 
 
 def add_noise(batch: dict, modality: str, level: float, generator: torch.Generator) -> dict:
-    """Copy of ``batch`` with noise of strength ``level`` (0 = clean, 1 = as strong as the signal) on one modality.
+    """Copy of ``batch`` with Gaussian noise (token replacement for text) of strength ``level`` on one modality."""
+    return corrupt(batch, modality, "noise", level, generator)
 
-    Dense inputs (image, audio, video) get Gaussian noise with standard deviation ``level`` times each
-    sample's own standard deviation (signal-to-noise ratio ``1 / level**2``). Text gets each attended token
-    replaced, with probability ``level``, by a token drawn from the batch's attended tokens.
-    """
-    if level < 0:
-        raise ValueError(f"noise level must be >= 0, got {level}")
-    if modality not in batch:
-        raise KeyError(f"modality {modality!r} not in batch (has {sorted(batch['mask'])})")
-    noisy = _copy_batch(batch)
-    value = batch[modality]
-    if isinstance(value, dict):  # text: {"input_ids": (B, T), "attention_mask": (B, T)}
-        input_ids, attended = value["input_ids"], value["attention_mask"].bool()
-        pool = input_ids[attended]  # (K,)
-        replace = (torch.rand(input_ids.shape, generator=generator) < level) & attended  # (B, T)
-        random_ids = pool[torch.randint(len(pool), input_ids.shape, generator=generator)]  # (B, T)
-        noisy[modality] = {**value, "input_ids": torch.where(replace, random_ids, input_ids)}
-    else:
-        dims = tuple(range(1, value.dim()))
-        scale = value.float().std(dim=dims, keepdim=True) if dims else value.float().std()  # (B, 1, ...)
-        noise = torch.randn(value.shape, generator=generator) * scale * level
-        noisy[modality] = (value.float() + noise).to(value.dtype)
-    return noisy
+
+def predict_with_gates(model: Callable[[dict], torch.Tensor], batches: Sequence[dict], device: torch.device | str,
+                       transform: Callable[[dict], dict] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Predicted and true labels (N,) and, for models with ``forward_with_details``, the mean of every gate weight
+    over the samples where its modality was present: ``{"<stage>/<modality>": float}``."""
+    predictions, labels, sums, counts = [], [], {}, {}
+    detailed = hasattr(model, "forward_with_details")
+    with torch.inference_mode():
+        for batch in batches:
+            batch = transform(batch) if transform is not None else batch
+            if batch_size_of(batch) == 0:
+                continue
+            moved = to_device(batch, device)
+            if detailed:
+                result = model.forward_with_details(moved)
+                logits = result.logits
+                for name, weights in result.gate_weights.items():
+                    modality = name.split("/")[-1]
+                    present = moved["mask"].get(modality, torch.ones_like(weights, dtype=torch.bool))
+                    sums[name] = sums.get(name, 0.0) + float(weights.float()[present].sum())
+                    counts[name] = counts.get(name, 0) + int(present.sum())
+            else:
+                logits = model(moved)  # (B, C)
+            predictions.append(logits.argmax(dim=-1).cpu())
+            labels.append(batch["label"].cpu())
+    gates = {name: sums[name] / counts[name] for name in sums if counts[name]}
+    return torch.cat(predictions), torch.cat(labels), gates
 
 
 def _area(levels: Sequence[float], values: Sequence[float]) -> float:
@@ -98,6 +115,10 @@ def effective_robustness(
     return _area(levels, [f - (lf + offset) for f, lf in zip(accuracies, late_fusion_accuracies, strict=True)])
 
 
+def subset_name(modalities: Sequence[str]) -> str:
+    return "+".join(sorted(modalities))
+
+
 def evaluate_robustness(
     model: Callable[[dict], torch.Tensor],
     batches: Sequence[dict],
@@ -106,35 +127,57 @@ def evaluate_robustness(
     levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
     seed: int = 0,
     log: Callable[[str], None] = lambda message: None,
+    corruptions: Sequence[str] = DEFAULT_CORRUPTIONS,
 ) -> dict:
-    """Accuracy with each modality removed and accuracy-vs-noise curves per modality.
+    """Accuracy with every subset of the modalities present, and accuracy and gate weights as each modality is
+    corrupted step by step by each corruption kind (fusion/data/corruption.py).
 
-    Accuracy without a modality is measured on the samples that keep at least one other modality (their count
-    is reported as ``removed_samples``); a sample left with no input cannot be classified.
+    Accuracy for a subset is measured on the samples that keep at least one of its modalities (their count is
+    reported); a sample left with no input cannot be classified. Text has no occlusion.
 
     Returns:
-        ``{"removed": {modality: acc}, "removed_samples": {modality: n}, "noise": {modality: {"levels": [...],
-        "acc": [...], "relative_robustness": float}}}``.
+        ``{"subsets": {"audio+image": {"acc", "samples"}, ...}, "removed": {modality: acc},
+        "corruption": {modality: {kind: {"levels", "acc", "gate": {gate name: [mean weight per level]},
+        "relative_robustness"}}}}``.
     """
     modalities = sorted(batches[0]["mask"])
-    result: dict = {"removed": {}, "removed_samples": {}, "noise": {}}
+    result: dict = {"subsets": {}, "removed": {}, "corruption": {}}
+    for size in range(len(modalities), 0, -1):
+        for subset in combinations(modalities, size):
+            predictions, labels, _ = predict_with_gates(model, batches, device, lambda b, s=subset: keep_only(b, s))
+            accuracy = classification_metrics(predictions, labels, num_classes)["acc"]
+            result["subsets"][subset_name(subset)] = {"acc": accuracy, "samples": int(labels.numel())}
+            if size == len(modalities) - 1:
+                result["removed"][next(m for m in modalities if m not in subset)] = accuracy
     for modality in modalities:
-        predictions, labels = predict(model, batches, device, lambda b, m=modality: without_modality(b, m))
-        result["removed"][modality] = classification_metrics(predictions, labels, num_classes)["acc"]
-        result["removed_samples"][modality] = int(labels.numel())
-        curve = []
-        for level in levels:
-            generator = torch.Generator().manual_seed(seed)
-            noisy = lambda b, m=modality, lv=level, g=generator: add_noise(b, m, lv, g)  # noqa: E731
-            predictions, labels = predict(model, batches, device, noisy)
-            curve.append(classification_metrics(predictions, labels, num_classes)["acc"])
-        result["noise"][modality] = {
-            "levels": list(levels),
-            "acc": curve,
-            "relative_robustness": relative_robustness(levels, curve),
-        }
-        log(f"    robustness {modality}: removed acc {result['removed'][modality]:.3f}, noise acc {curve}")
+        curves = {}
+        for kind in corruptions:
+            if kind == "occlusion" and isinstance(batches[0][modality], dict) and "input_ids" in batches[0][modality]:
+                continue
+            accuracies, gates = [], {}
+            for level in levels:
+                generator = torch.Generator().manual_seed(seed)
+                noisy = lambda b, m=modality, k=kind, lv=level, g=generator: corrupt(b, m, k, lv, g)  # noqa: E731
+                predictions, labels, means = predict_with_gates(model, batches, device, noisy)
+                accuracies.append(classification_metrics(predictions, labels, num_classes)["acc"])
+                for name, weight in means.items():
+                    gates.setdefault(name, []).append(weight)
+            curves[kind] = {"levels": list(levels), "acc": accuracies, "gate": gates,
+                            "relative_robustness": relative_robustness(levels, accuracies)}
+            log(f"    robustness {modality} {kind}: acc {[round(a, 3) for a in accuracies]}")
+        result["corruption"][modality] = curves
     return result
+
+
+def gate_of(curve: dict, modality: str) -> str | None:
+    """The gate whose weight of ``modality`` the report plots: the last one the model applies (decision, then
+    the last stage, then the feature gate), or None for a model without gates."""
+    names = [name for name in curve["gate"] if name.endswith(f"/{modality}")]
+    for prefix in ("decision/", "stage", "feature/"):
+        matching = sorted(name for name in names if name.startswith(prefix))
+        if matching:
+            return matching[-1]
+    return None
 
 
 def add_effective_robustness(results: dict[str, dict], late_fusion_name: str) -> None:
@@ -144,10 +187,10 @@ def add_effective_robustness(results: dict[str, dict], late_fusion_name: str) ->
         results: ``{model name: evaluate_robustness(...) output}``, modified in place.
         late_fusion_name: Key of the late-fusion model (its own effective robustness is 0).
     """
-    reference = results[late_fusion_name]["noise"]
+    reference = results[late_fusion_name]["corruption"]
     for robustness in results.values():
-        for modality, curve in robustness["noise"].items():
-            if modality in reference and reference[modality]["levels"] == curve["levels"]:
-                curve["effective_robustness"] = effective_robustness(
-                    curve["levels"], curve["acc"], reference[modality]["acc"]
-                )
+        for modality, curves in robustness["corruption"].items():
+            for kind, curve in curves.items():
+                late = reference.get(modality, {}).get(kind)
+                if late is not None and late["levels"] == curve["levels"]:
+                    curve["effective_robustness"] = effective_robustness(curve["levels"], curve["acc"], late["acc"])

@@ -14,7 +14,12 @@ from fusion.errors import ConfigError
 from fusion.eval.benchmark import evaluate_model, machine_info
 from fusion.eval.latency import fix_threads, print_now
 from fusion.eval.report import write_report
-from fusion.eval.robustness import DEFAULT_NOISE_LEVELS, add_effective_robustness, evaluate_robustness
+from fusion.eval.robustness import (
+    DEFAULT_CORRUPTIONS,
+    DEFAULT_NOISE_LEVELS,
+    add_effective_robustness,
+    evaluate_robustness,
+)
 from fusion.eval.run_folder import (
     BATCH_CACHE_NAME,
     load_batch_cache,
@@ -40,6 +45,7 @@ class EvalSettings:
     batch_sizes: list[int] = field(default_factory=lambda: [64, 256])
     robustness: bool = True
     noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
+    corruptions: list[str] = field(default_factory=lambda: list(DEFAULT_CORRUPTIONS))
     max_test_samples: int | None = None
     data: dict = field(default_factory=dict)
     seed: int = 0
@@ -113,7 +119,8 @@ def run_sweep(settings: EvalSettings, log: Callable[[str], None] = print_now) ->
             device = settings.devices[-1]
             log(f"  [{name}] robustness (fp32 on {device}) ...")
             robustness[name] = evaluate_robustness(run.model.to(device), batches, device, run.data_spec["num_classes"],
-                                                   settings.noise_levels, seed=settings.seed, log=log)
+                                                   settings.noise_levels, seed=settings.seed, log=log,
+                                                   corruptions=settings.corruptions)
             robustness[name]["fusion"] = run.fusion
     late = [name for name, result in robustness.items() if result["fusion"] == "late"]
     if late:

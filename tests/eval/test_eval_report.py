@@ -41,10 +41,14 @@ def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
     assert any(r["on_front"] for r in parsed["rows"])
     md = paths["md"].read_text()
     table = [line for line in md.splitlines() if line.startswith("| late |")]
-    assert len(table) == 2 + 2  # two variant rows, two robustness rows
+    # two variant rows, one row of subset accuracies, one per modality and corruption kind (2 x 3)
+    assert len(table) == 2 + 1 + 2 * 3
+    assert sum("| noise |" in line for line in table) == 2 and sum("| impulse |" in line for line in table) == 2
     assert f"{100 * fp32['acc']:.2f} %" in table[0]
     image = matplotlib.image.imread(paths["png"])
     assert image.ndim == 3 and image.shape[0] > 100
+    plot = matplotlib.image.imread(paths["robustness_png"])
+    assert plot.ndim == 3 and plot.shape[0] > 300  # a row of panels per modality
 
 
 def test_report_without_rows_is_an_error(tmp_path):

@@ -33,8 +33,10 @@ def test_removed_modality_accuracy_equals_evaluating_with_it_masked(modality):
     result = evaluate_robustness(model, batches, "cpu", num_classes=3, levels=(0.0, 1.0))
     predictions, labels = predict(model, batches, "cpu", lambda b: _masked_rows_with_input(b, modality))
     assert result["removed"][modality] == classification_metrics(predictions, labels, 3)["acc"]
-    assert result["removed_samples"][modality] == labels.numel()
-    assert result["removed_samples"]["audio"] == 24  # image is always present in the toy data
+    others = "audio" if modality == "image" else "image"
+    assert result["subsets"][others]["samples"] == labels.numel()
+    assert result["subsets"]["image"]["samples"] == 24  # image is always present in the toy data
+    assert result["subsets"]["audio+image"]["acc"] == classification_metrics(*predict(model, batches, "cpu"), 3)["acc"]
     # and the logits themselves agree: removal leaks nothing the mask hides
     for batch in batches:
         with torch.no_grad():
@@ -83,9 +85,10 @@ def test_noise_degrades_accuracy_and_late_fusion_reference_gets_zero():
     model, batches = trained_toy(), toy_batches(4, 16)
     levels = (0.0, 2.0, 8.0)
     result = evaluate_robustness(model, batches, "cpu", num_classes=3, levels=levels)
-    curve = result["noise"]["image"]["acc"]
+    curve = result["corruption"]["image"]["noise"]["acc"]
     assert curve[0] > curve[-1]
     results = {"late": result, "other": evaluate_robustness(trained_toy(seed=3), batches, "cpu", 3, levels)}
     add_effective_robustness(results, "late")
-    assert results["late"]["noise"]["image"]["effective_robustness"] == 0.0
-    assert "effective_robustness" in results["other"]["noise"]["audio"]
+    assert results["late"]["corruption"]["image"]["noise"]["effective_robustness"] == 0.0
+    assert "effective_robustness" in results["other"]["corruption"]["audio"]["impulse"]
+    assert result["corruption"]["image"]["noise"]["gate"] == {}  # the toy model has no gate

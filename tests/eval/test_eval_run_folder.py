@@ -105,7 +105,8 @@ def test_removing_a_modality_equals_masking_it_in_every_fusion(tmp_path, kind):
             torch.testing.assert_close(model(remove_modality(batch, modality)), masked_logits)
         expected = (masked_logits.argmax(-1) == batch["label"]).float().mean().item()
         assert result["removed"][modality] == pytest.approx(expected)
-        assert result["removed_samples"][modality] == 6
+        rest = "+".join(m for m in sorted(SPEC["modalities"]) if m != modality)
+        assert result["subsets"][rest] == {"acc": pytest.approx(expected), "samples": 6}
 
 
 def test_samples_left_without_any_modality_are_left_out_of_removal_accuracy(tmp_path):
@@ -115,7 +116,8 @@ def test_samples_left_without_any_modality_are_left_out_of_removal_accuracy(tmp_
                      "text": torch.tensor([False, True, True, True, True, True]),
                      "audio": torch.tensor([False, True, True, True, True, True])}  # sample 0: only image
     result = evaluate_robustness(task.model, [batch], "cpu", num_classes=3, levels=(0.0, 1.0))
-    assert result["removed_samples"] == {"audio": 6, "image": 5, "text": 6}
+    assert {name: value["samples"] for name, value in result["subsets"].items()} == {
+        "audio+image+text": 6, "audio+image": 6, "audio+text": 5, "image+text": 6, "audio": 5, "image": 6, "text": 5}
     keep = torch.tensor([False, True, True, True, True, True])
     masked = {key: value[keep] for key, value in batch.items() if key not in ("mask", "text")}
     masked["text"] = {key: value[keep] for key, value in batch["text"].items()}
@@ -160,8 +162,8 @@ def test_sweep_over_run_folders_writes_one_report_and_cached_batches_match(tmp_p
     assert [(r["model"], r["variant"]) for r in parsed["rows"]] == [
         ("early", "fp32"), ("early", "int8"), ("late", "fp32"), ("late", "int8")]
     assert all(r["num_test_samples"] == 6 for r in parsed["rows"])
-    assert parsed["robustness"]["late"]["noise"]["audio"]["effective_robustness"] == 0.0
-    assert "effective_robustness" in parsed["robustness"]["early"]["noise"]["image"]
+    assert parsed["robustness"]["late"]["corruption"]["audio"]["noise"]["effective_robustness"] == 0.0
+    assert "effective_robustness" in parsed["robustness"]["early"]["corruption"]["image"]["occlusion"]
     assert paths["png"].stat().st_size > 0 and "| early | early | 1 | fp32 | cpu |" in paths["md"].read_text()
     stored = torch.load(Path(runs[0]) / "test_batches.pt", weights_only=True)["batches"][0]
     assert stored["audio"]["__pcm16__"].dtype == torch.int16  # 16-bit WAV samples kept losslessly as int16
