@@ -1,0 +1,107 @@
+"""Tabulates benchmarks/robustness/speaker_splits.sh: per held-out speaker, two-seed means of every check of the
+gate's promise, into OUT/summary.json and OUT/summary.md.
+
+    python benchmarks/robustness/summarize.py OUT/runs --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+FUSIONS = ["early", "late", "progressive", "progressive_no_corruption", "two_stage"]
+TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
+
+
+def load(run: Path) -> dict:
+    """metrics.json and, where evaluated, the run's robustness result."""
+    out = {"metrics": json.loads((run / "metrics.json").read_text())} if (run / "metrics.json").exists() else {}
+    if (run / "report.json").exists():
+        out["robustness"] = next(iter(json.loads((run / "report.json").read_text())["robustness"].values()))
+    return out
+
+
+def falls(weights: list[float]) -> bool:
+    return all(b <= a + TOLERANCE for a, b in zip(weights, weights[1:], strict=False)) and weights[-1] < weights[0]
+
+
+def last_gate(curve: dict, modality: str) -> list[float] | None:
+    names = [n for n in curve["gate"] if n.endswith(f"/{modality}")]
+    for prefix in ("decision/", "stage", "feature/"):
+        matching = sorted(n for n in names if n.startswith(prefix))
+        if matching:
+            return curve["gate"][matching[-1]]
+    return None
+
+
+def mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(root: Path) -> dict:
+    summary: dict = {}
+    for split in sorted(p for p in root.iterdir() if p.is_dir()):
+        rows: dict = {}
+        for row in sorted(p for p in split.iterdir() if p.is_dir()):
+            seeds = [load(seed) for seed in sorted(row.glob("seed*"))]
+            entry = {"acc": mean([s["metrics"].get("test/acc") for s in seeds if "metrics" in s]), "seeds": len(seeds)}
+            evaluated = [s["robustness"] for s in seeds if "robustness" in s]
+            if evaluated:
+                entry["subsets"] = {name: mean([r["subsets"][name]["acc"] for r in evaluated])
+                                    for name in evaluated[0]["subsets"]}
+                entry["corruption"] = {}
+                for modality, curves in evaluated[0]["corruption"].items():
+                    for kind in curves:
+                        accs = [statistics.fmean(v) for v in zip(*[r["corruption"][modality][kind]["acc"] for r in evaluated], strict=True)]
+                        gates = [last_gate(r["corruption"][modality][kind], modality) for r in evaluated]
+                        gate = [statistics.fmean(v) for v in zip(*gates, strict=True)] if all(gates) else None
+                        entry["corruption"][f"{modality}/{kind}"] = {
+                            "levels": curves[kind]["levels"], "acc": accs, "gate": gate,
+                            "gate_falls": None if gate is None else falls(gate)}
+            rows[row.name] = entry
+        summary[split.name] = rows
+    return summary
+
+
+def checks(summary: dict) -> list[str]:
+    """The issue's acceptance lines, one table row per split and fusion."""
+    lines = ["| split | fusion | clean acc | best unimodal | image removed / audio-only | audio removed / image-only "
+             "| gate falls (noise, occlusion, impulse) |", "|---|---|---|---|---|---|---|"]
+    for split, rows in summary.items():
+        image_only, audio_only = rows.get("image_only", {}).get("acc"), rows.get("audio_only", {}).get("acc")
+        for fusion in FUSIONS:
+            row = rows.get(fusion)
+            if not row or "subsets" not in row:
+                continue
+            gates = " ".join(f"{k.split('/')[0][0]}:{k.split('/')[1][:3]}={'yes' if v['gate_falls'] else 'NO'}"
+                             for k, v in row["corruption"].items() if v["gate_falls"] is not None)
+            best = max(a for a in (image_only, audio_only) if a is not None)
+            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} | {100 * best:.2f} "
+                         f"| {100 * row['subsets']['audio']:.2f} / {100 * audio_only:.2f} "
+                         f"| {100 * row['subsets']['image']:.2f} / {100 * image_only:.2f} | {gates} |")
+    lines += ["", "| split | progressive on degraded images | clip (align only) |", "|---|---|---|"]
+    for split, rows in summary.items():
+        degraded, clip = rows.get("progressive_degraded", {}).get("acc"), rows.get("clip", {}).get("acc")
+        lines.append(f"| {split} | {'n/a' if degraded is None else f'{100 * degraded:.2f}'} "
+                     f"| {'n/a' if clip is None else f'{100 * clip:.2f}'} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    summary = summarize(args.runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = "\n".join(checks(summary)) + "\n"
+    (args.out / "summary.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
