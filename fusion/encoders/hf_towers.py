@@ -1,6 +1,9 @@
 """Hugging Face towers (`hf:<hub id or folder>`): transformers' AutoModel with its AutoImageProcessor,
 AutoFeatureExtractor (wav2vec2, HuBERT, WavLM, AST, Whisper's encoder, CLAP's audio branch) or AutoTokenizer.
 
+Image embeddings: the model's own pooled output (ResNet, ConvNeXt: the mean over the positions of its (B, C, h, w)
+map, whose positions are the tokens), the CLS token where the pooler is a dense head on it (ViT).
+
 Audio embeddings: the mean over the encoder frames that hold the clip (padding masked; Whisper sees its 30 s
 window but pools only the frames of the clip), the model's own pooled output where it has one (AST: the mean of
 its CLS and distillation tokens), and for CLAP the audio branch's pooled output through CLAP's audio projection,
@@ -22,7 +25,7 @@ from torch import nn
 from fusion.encoders.finetune import find_blocks
 from fusion.encoders.preprocessing import AudioPreprocessing, ImagePreprocessing, TextPreprocessing
 from fusion.encoders.towers import TowerName
-from fusion.errors import MissingFileError
+from fusion.errors import ConfigError, MissingFileError
 
 PIL_TO_MODE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL resampling codes of image processors
 
@@ -117,10 +120,12 @@ class HFTower(nn.Module):
             # CLAP (audio + text): the audio branch and its projection into the joint space; the text branch is dropped
             projection, dim, model = model.audio_projection, int(model.config.projection_dim), model.audio_model
         self.modality = modality
-        default = {"image": "cls", "audio": "pooler"}.get(modality, "mean")  # audio: mean over frames without a pooler
-        self.pooling = default if pooling == "auto" else pooling
-        if self.pooling != "pooler" and getattr(model, "pooler", None) is not None:
-            model.pooler = None  # unused (ViT, BERT): its weights would get no gradient
+        if pooling == "auto":  # audio: mean over frames without a pooler
+            pooling = image_pooling(model) if modality == "image" else {"audio": "pooler"}.get(modality, "mean")
+        self.pooling = pooling
+        pooler = getattr(model, "pooler", None)
+        if self.pooling != "pooler" and pooler is not None and any(True for _ in pooler.parameters()):
+            model.pooler = None  # unused (ViT, BERT): its weights would get no gradient; ResNet calls its own always
         self.model = model
         self.projection = projection
         config = model.config
@@ -153,6 +158,9 @@ class HFTower(nn.Module):
             out, mask = self.model(pixel_values=value), None
         hidden = out.last_hidden_state
         if hidden.dim() == 4:  # conv nets, CLAP's audio branch: (B, C, h, w) -> (B, hw, C)
+            if self.pooling == "cls":
+                raise ConfigError(f"model.encoders.{self.modality}.pooling=cls: {type(self.model).__name__} gives a "
+                                  f"(B, C, h, w) map without a CLS token; use auto, mean or pooler")
             hidden = hidden.flatten(2).transpose(1, 2)
         pooled = getattr(out, "pooler_output", None)
         if self.projection is not None:  # CLAP: the audio embedding, unit length as CLAP compares it
@@ -182,6 +190,15 @@ class HFTower(nn.Module):
         if mask.shape[1] % frames == 0:  # Whisper: feature frames (B, 3000), the encoder halves them (B, 1500)
             return mask[:, :: mask.shape[1] // frames].bool()
         return None
+
+
+def image_pooling(model: nn.Module) -> str:
+    """`pooling=auto` of an image model: its own pooled output (ResNet, ConvNeXt: the mean over positions,
+    ConvNeXt's through its final norm), except a dense head on the CLS token (ViT's pooler, absent from
+    classification checkpoints): the CLS token then."""
+    pooler = getattr(model, "pooler", None)
+    dense = pooler is not None and any(isinstance(m, nn.Linear) for m in pooler.modules())
+    return "cls" if dense else "pooler"
 
 
 def longer_than_window(features: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,8 @@ class PretrainedEncoder(nn.Module):
         lr_scale: learning rate of the tower's weights relative to the task's lr (the projection keeps 1).
         layer_decay: layer-wise decay: block i of n learns at lr_scale * layer_decay ** (n - i); 1 = off.
         gradient_checkpointing: recompute the tower's activations in the backward pass (less memory).
-        pooling: auto (image: the model's own pooling or the CLS token; audio: the model's pooled output where it
+        pooling: auto (image: the model's own pooled output (ResNet, ConvNeXt: over the positions), the CLS
+            token where its pooler is a dense head on it (ViT); audio: the model's pooled output where it
             has one (AST, CLAP), else the mean over the frames of the clip; text: mean over the mask), mean, cls or
             pooler.
         image_size: input side for image towers; None = the tower's processor / weights.
