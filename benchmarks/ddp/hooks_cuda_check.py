@@ -18,20 +18,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import fusion.distributed.int8
-import fusion.distributed.local_adam
 import fusion.distributed.topk
 from fusion.distributed.registry import make_comm_hook
 
-# label -> (hook, hook args, optimizer: "sgd" (momentum 0.9), "plain_sgd" (no momentum) or "adamw")
+# label -> (hook, hook args, optimizer: "sgd" (momentum 0.9) or "adamw")
 CONFIGS = {
     "allreduce": ("allreduce", {}, "adamw"),
     "int8": ("int8", {}, "adamw"),
     "topk": ("topk", {"ratio": 0.01, "warmup_steps": 2, "density_warmup_steps": 0}, "adamw"),
     "topk_density_warmup": ("topk", {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 12}, "adamw"),
-    "local_adam_dense": ("local_adam", {"warmup_steps": 1000}, "plain_sgd"),
-    "local_adam": ("local_adam", {"ratio": 0.01, "warmup_steps": 2, "density_warmup_steps": 0}, "plain_sgd"),
-    "local_adam_density_warmup": ("local_adam", {"ratio": 0.001, "warmup_steps": 2, "density_warmup_steps": 12},
-                                  "plain_sgd"),
 }
 
 
@@ -44,8 +39,7 @@ def make_model() -> nn.Module:
 def make_optimizer(kind: str, params) -> torch.optim.Optimizer:
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
-    return torch.optim.SGD(params, lr=2e-3 if kind == "plain_sgd" else 0.05,
-                           momentum=0.0 if kind == "plain_sgd" else 0.9, weight_decay=1e-4)
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
 def compare(label: str, hook: str, args: dict, optimizer_kind: str, steps: int, gloo) -> dict:
@@ -83,7 +77,7 @@ def main() -> None:
                         help="turn fusion.distributed.base.used_by_callback off (to see what it prevents)")
     cli = parser.parse_args()
     if cli.unguarded:
-        for module in (fusion.distributed.topk, fusion.distributed.int8, fusion.distributed.local_adam):
+        for module in (fusion.distributed.topk, fusion.distributed.int8):
             module.used_by_callback = lambda *items: None
     # without a GPU (a dry run of this script) the second replica runs on the CPU over the default gloo group
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -1,8 +1,6 @@
-"""State shared by the gradient-compression hooks: process group, step counter, bytes, residuals, and what a
-hook needs from the optimizer and the device (checked by the training strategy)."""
+"""State shared by the gradient-compression hooks: process group, step counter, bytes, residuals."""
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,37 +11,14 @@ from fusion.distributed.accounting import WireCounter
 from fusion.distributed.residuals import ResidualStore
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerNeed:
-    """The optimizer a hook's output must go to, declared by the hook and checked by the training strategy."""
-
-    description: str
-    """What it is, for error messages ("plain SGD without momentum")."""
-    accepts: Callable[[torch.optim.Optimizer], bool]
-    """True for an optimizer that meets the need."""
-    settings: str
-    """The config settings that give such an optimizer ("model.optimizer=sgd model.momentum=0")."""
-
-
-def _is_sgd_without_momentum(optimizer: torch.optim.Optimizer) -> bool:
-    return type(optimizer) is torch.optim.SGD and all(
-        group.get("momentum", 0) == 0 and not group.get("nesterov", False) for group in optimizer.param_groups)
-
-
-SGD_WITHOUT_MOMENTUM = OptimizerNeed("plain SGD without momentum (it applies the hook's update steps as they are)",
-                                     _is_sgd_without_momentum, "model.optimizer=sgd model.momentum=0")
-
-
 class HookState:
     """Base state passed to a DDP communication hook as its ``state`` argument.
 
     ``step`` counts synchronising backward passes: DDP runs the hook only when gradients are reduced
     (not inside ``no_sync`` during gradient accumulation), so it advances once per optimizer step.
 
-    Class attributes a hook may set (checked by :class:`~fusion.distributed.strategy.CompressedDDPStrategy`
-    when training starts): ``required_optimizer`` (an :class:`OptimizerNeed`, None: any optimizer) and
-    ``devices`` (device types the hook may train on, e.g. ("cpu",); None: any). ``config_class``: the typed
-    options dataclass the state takes as ``config`` (None: options are constructor keywords).
+    ``config_class``: the typed options dataclass the state takes as ``config`` (None: options are constructor
+    keywords).
 
     Args:
         module: the module wrapped by DDP (its ``parameters()`` order keys the residuals).
@@ -51,8 +26,6 @@ class HookState:
     """
 
     config_class: type | None = None
-    required_optimizer: OptimizerNeed | None = None
-    devices: tuple[str, ...] | None = None
 
     def __init__(self, module: nn.Module, process_group: dist.ProcessGroup | None = None) -> None:
         self.process_group = process_group

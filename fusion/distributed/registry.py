@@ -1,6 +1,6 @@
 """Name -> (state, hook) for every gradient communication hook behind ``comm_hook=...``.
 
-A hook's options are its state's ``config_class`` dataclass (top-k, local Adam) or its state constructor's
+A hook's options are its state's ``config_class`` dataclass (top-k) or its state constructor's
 keyword arguments (the others); either way :func:`hook_defaults` lists them with their defaults, which the
 Hydra group ``recipes/comm_hook/<name>.yaml`` mirrors.
 """
@@ -15,7 +15,6 @@ from torch import nn
 
 from fusion.distributed.base import HookState
 from fusion.distributed.int8 import Int8State, int8_hook
-from fusion.distributed.local_adam import LocalAdamState, local_adam_hook
 from fusion.distributed.topk import TopKState, topk_hook
 from fusion.distributed.torch_hooks import AllReduceState, PowerSGDHookState, allreduce_hook, powersgd_hook
 from fusion.errors import ConfigError
@@ -29,15 +28,8 @@ _HOOKS: dict[str, tuple[type[HookState], CommHook, dict[str, Any]]] = {
     "int8": (Int8State, int8_hook, {}),
     "topk": (TopKState, topk_hook, {}),
     "powersgd": (PowerSGDHookState, powersgd_hook, {}),
-    "local_adam": (LocalAdamState, local_adam_hook, {}),  # experimental
 }
 HOOK_NAMES = tuple(_HOOKS)
-
-
-def state_class(name: str) -> type[HookState]:
-    """The state class of hook ``name`` (its class attributes declare optimizer and device needs)."""
-    check_hook(name)
-    return _HOOKS[name][0]
 
 
 def hook_defaults(name: str) -> dict[str, Any]:

@@ -4,8 +4,6 @@ DDP reduces gradients in flat buckets whose layout changes after the first itera
 from one large bucket when a run is resumed). The residual of each bucket is therefore kept flat while
 the layout is stable, and re-sliced per parameter whenever it changes, so no error is lost or misplaced.
 Checkpoints store it per parameter (index into ``module.parameters()``), independent of the layout.
-The same store keeps other per-parameter hook memory (e.g. local Adam's moments), also with one value per
-parameter (their bias-correction weights) instead of one per gradient entry.
 """
 
 from collections.abc import Collection
@@ -19,16 +17,13 @@ class ResidualStore:
 
     Args:
         param_index: ``id(parameter) -> position`` in ``module.parameters()`` of the wrapped module.
-        one_per_parameter: keep one value per parameter (a bucket's flat tensor is (P,), P parameters in the
-            bucket) instead of one per gradient entry ((N,), like ``bucket.buffer()``).
     """
 
-    def __init__(self, param_index: dict[int, int], one_per_parameter: bool = False) -> None:
+    def __init__(self, param_index: dict[int, int]) -> None:
         self.param_index = param_index
-        self.one_per_parameter = one_per_parameter
         self._flat: dict[int, torch.Tensor] = {}  # bucket index -> (N,)
         self._layout: dict[int, tuple[int, ...]] = {}  # bucket index -> parameter positions
-        self._sizes: dict[int, int] = {}  # parameter position -> entries (numel, or 1)
+        self._sizes: dict[int, int] = {}  # parameter position -> entries (numel)
         self._loose: dict[int, torch.Tensor] = {}  # parameter position -> (numel,), waiting for a bucket
         self._owner: dict[int, int] = {}  # parameter position -> bucket index whose flat residual holds it
 
@@ -39,12 +34,12 @@ class ResidualStore:
             if id(param) not in self.param_index:
                 raise RuntimeError("DDP bucket holds a parameter that the comm hook state does not know")
             position = self.param_index[id(param)]
-            self._sizes[position] = 1 if self.one_per_parameter else param.numel()
+            self._sizes[position] = param.numel()
             positions.append(position)
         return tuple(positions)
 
     def get(self, bucket: dist.GradBucket, layout: tuple[int, ...] | None = None) -> torch.Tensor | None:
-        """The residual for ``bucket``, flat like ``bucket.buffer()`` (or (P,)), or None if all zero.
+        """The residual for ``bucket``, flat like ``bucket.buffer()``, or None if all zero.
 
         ``layout``: :meth:`layout` of the bucket if the caller already has it.
         """
@@ -68,7 +63,7 @@ class ResidualStore:
         return flat
 
     def set(self, bucket: dist.GradBucket, residual: torch.Tensor, layout: tuple[int, ...] | None = None) -> None:
-        """Stores the new residual of ``bucket`` (flat, same length as its buffer, or (P,))."""
+        """Stores the new residual of ``bucket`` (flat, same length as its buffer)."""
         index, layout = bucket.index(), layout if layout is not None else self.layout(bucket)
         if self._layout.get(index) != layout:
             stale = {self._owner[position] for position in layout if position in self._owner}

@@ -4,21 +4,19 @@ Lightning's own ``DDPStrategy`` registers comm hooks only on CUDA and keeps no h
 :class:`CompressedDDPStrategy` registers on any device, logs wire bytes and the compression ratio against
 an fp32 all-reduce every optimizer step (``comm/bytes_per_step``, ``comm/compression``), stores every
 rank's hook state (error-feedback residuals, PowerSGD memory, step counter) in full checkpoints so a
-resumed run continues exactly, and refuses an optimizer or device the hook declares it cannot work with.
+resumed run continues exactly.
 """
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
-import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from torch.nn.parallel import DistributedDataParallel
 
 from fusion.distributed.base import HookState
-from fusion.distributed.registry import hook_options, make_comm_hook, state_class
+from fusion.distributed.registry import hook_options, make_comm_hook
 from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,13 +27,9 @@ CHECKPOINT_KEY = "comm_hook"
 class CompressedDDPStrategy(DDPStrategy):
     """``DDPStrategy`` with a gradient-compression communication hook.
 
-    When training starts it checks what the hook declares (:class:`~fusion.distributed.base.HookState`): the
-    optimizer it needs (local Adam: plain SGD without momentum) and the devices it may run on, and raises
-    ValueError naming the settings to change.
-
     Args:
         comm_hook: a name of :data:`fusion.distributed.registry.HOOK_NAMES` (allreduce|fp16|bf16|int8|topk|
-            powersgd|local_adam).
+            powersgd).
         comm_hook_args: options of that hook, e.g. ``{"ratio": 0.001, "warmup_steps": 50}`` (missing ones:
             the hook's defaults).
         **kwargs: passed to ``DDPStrategy`` (``find_unused_parameters``, ``start_method``, ...).
@@ -56,11 +50,6 @@ class CompressedDDPStrategy(DDPStrategy):
             self.hook_state.load_state_dict(self._pending_state)
             self._pending_state = None
         self.model.register_comm_hook(self.hook_state, hook)
-
-    def setup_optimizers(self, trainer: "L.Trainer") -> None:
-        """Sets up the optimizers, then checks them and the device against what the hook declares."""
-        super().setup_optimizers(trainer)
-        check_hook_needs(self.comm_hook, self.optimizers, self.root_device)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
         output = super().optimizer_step(*args, **kwargs)
@@ -101,7 +90,7 @@ class CompressedDDPStrategy(DDPStrategy):
             return checkpoint
         if saved_hook_name(saved) != self.comm_hook:
             log.warning("checkpoint was trained with comm_hook=%s, now %s: hook state not restored",
-                        saved["name"], self.comm_hook)
+                        saved_hook_name(saved), self.comm_hook)
         elif saved["world_size"] != self.world_size:
             log.warning("checkpoint hook state is for %d ranks, now %d: residuals start from zero",
                         saved["world_size"], self.world_size)
@@ -115,37 +104,14 @@ class CompressedDDPStrategy(DDPStrategy):
 
 
 def saved_hook_name(saved: Mapping[str, Any]) -> str:
-    """The hook a checkpoint's hook state belongs to (top-k saved with ``local_adam`` is now ``local_adam``)."""
+    """The hook a checkpoint's hook state belongs to.
+
+    Top-k saved with the former ``local_adam`` option belongs to the ``local_adam`` hook, since removed: its
+    residuals hold Adam directions, not gradients, so plain top-k does not restore them.
+    """
     if saved["name"] == "topk" and (saved.get("args") or {}).get("local_adam") is True:
         return "local_adam"
     return saved["name"]
-
-
-def _describe(optimizer: torch.optim.Optimizer) -> str:
-    if isinstance(optimizer, torch.optim.SGD):
-        group = optimizer.param_groups[0]
-        return f"{type(optimizer).__name__} with momentum={group.get('momentum')}"
-    return type(optimizer).__name__
-
-
-def check_hook_needs(comm_hook: str, optimizers: Iterable[torch.optim.Optimizer], device: torch.device) -> None:
-    """Raises ValueError if hook ``comm_hook`` cannot train on ``device`` or with one of ``optimizers``.
-
-    The hook's state class declares both (``devices``, ``required_optimizer``); the message names the
-    settings to change.
-    """
-    state = state_class(comm_hook)
-    if state.devices is not None and torch.device(device).type not in state.devices:
-        raise ConfigError(f"comm_hook={comm_hook} is experimental and runs on {'/'.join(state.devices)} only for now "
-                         f"(see {state.__module__}), not on {device}: use trainer.accelerator="
-                         f"{state.devices[0]}, or another comm_hook")
-    need = state.required_optimizer
-    if need is None:
-        return
-    for optimizer in optimizers:
-        if not need.accepts(optimizer):
-            raise ConfigError(f"comm_hook={comm_hook} needs {need.description}: set {need.settings} (the "
-                             f"LightningModule's optimizer is {_describe(optimizer)})")
 
 
 def build_strategy(comm_hook: Mapping[str, Any] | str | None, strategy: Any) -> Any:

@@ -46,8 +46,7 @@ class ClassificationTask(L.LightningModule):
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
         lr: peak learning rate of the schedule.
         weight_decay: weight decay (decoupled for AdamW; for SGD added to the gradient as L2 by the optimizer).
-        optimizer: "adamw" or "sgd" (SGD with ``momentum``; the experimental ``comm_hook=local_adam`` sends
-            finished Adam steps and needs "sgd" with momentum 0, see fusion/distributed/local_adam.py).
+        optimizer: "adamw" or "sgd" (SGD with ``momentum``).
         momentum: SGD momentum (ignored by AdamW).
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).

@@ -31,8 +31,7 @@ def _clone_or_none(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 def recording(hook):
     """Wraps a hook; per call keeps the bucket input, the residual before and after (``old``, ``new``), and the
-    result (``output``). For local Adam also the first moment m before and after (``adam_old``, ``adam_new``:
-    [m, v] means, each (N,) or None).
+    result (``output``).
     """
     calls: list[dict] = []
 
@@ -40,16 +39,11 @@ def recording(hook):
         entry = {"step": state.step, "input": bucket.buffer().detach().clone(),
                  "old": _clone_or_none(state.residuals.get(bucket)),
                  "sizes": [p.numel() for p in bucket.parameters()], "positions": state.residuals.layout(bucket)}
-        moments = getattr(state, "moments", None)
-        if moments is not None:
-            entry["adam_old"] = [_clone_or_none(moment.means.get(bucket)) for moment in moments]
         calls.append(entry)
 
         def keep(future):
             entry["output"] = future.value().detach().clone()
             entry["new"] = _clone_or_none(state.residuals.get(bucket))
-            if moments is not None:
-                entry["adam_new"] = [_clone_or_none(moment.means.get(bucket)) for moment in moments]
             return future.value()
 
         return hook(state, bucket).then(keep)

@@ -55,6 +55,13 @@ def test_composed_group_builds_the_strategy(config_dir):
         composed(config_dir, ["comm_hook=topk", "comm_hook.rato=0.1"])
 
 
+def test_unknown_hook_stops_at_composition_naming_the_hooks(config_dir):
+    for name in ("int4", "local_adam"):  # local_adam: removed
+        with pytest.raises(ConfigCompositionException, match=rf"Could not find 'comm_hook/{name}'") as error:
+            composed(config_dir, [f"comm_hook={name}"])
+        assert all(f"\t{hook}\n" in str(error.value) for hook in HOOK_NAMES)  # the available options
+
+
 def test_project_config_lists_the_group():
     with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
         cfg = compose("config", overrides=["comm_hook=int8", "comm_hook.block_size=64"])

@@ -1,6 +1,5 @@
-"""Hook-specific behaviour in two gloo processes: top-k's exact k and residual, top-k and local Adam against a
-plain-tensor oracle (density warm-up, per-tensor top-k, several buckets), local Adam against AdamW, PowerSGD with
-a 0-d parameter. What every hook must do is in test_contract.py; the int8 hook's own checks are in test_int8.py.
+"""Hook-specific behaviour in two gloo processes: top-k's exact k and residual, top-k against a plain-tensor
+oracle (density warm-up, per-tensor top-k, several buckets), PowerSGD with a 0-d parameter. What every hook must do is in test_contract.py; the int8 hook's own checks are in test_int8.py.
 
 One spawn runs every scenario (``run_scenarios``) and saves what each rank saw; the tests below check it.
 """
@@ -13,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fusion.distributed.registry import make_comm_hook
-from tests.distributed.common import loss_of, make_model, make_optimizer, reduced_mean, train, wrap
+from tests.distributed.common import make_model, make_optimizer, reduced_mean, train, wrap
 from tests.helpers.spawn import rank_results
 
 WORLD = 2
@@ -24,12 +23,6 @@ ORACLE = {
     # several buckets (re-sliced after DDP's rebuild), per-tensor top-k, a density warm-up of two stages
     "topk_tensor": ("topk", {"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64", "granularity": "tensor",
                              "density_warmup_steps": 2}, 0.001, 6, {2: 0.25, 3: 0.0625}),
-    "local_adam": ("local_adam", {"ratio": TOPK_RATIO, "warmup_steps": 1, "value_dtype": "fp64",
-                                  "density_warmup_steps": 0}, None, 4, {}),
-    # the same with other betas and eps
-    "local_adam_tensor": ("local_adam", {"ratio": TOPK_RATIO, "warmup_steps": 2, "value_dtype": "fp64",
-                                         "granularity": "tensor", "density_warmup_steps": 2, "beta1": 0.8,
-                                         "beta2": 0.95, "eps": 1e-3}, 0.001, 6, {2: 0.25, 3: 0.0625}),
 }
 PLAIN_TOPK = {"ratio": TOPK_RATIO, "warmup_steps": 1, "density_warmup_steps": 0}
 
@@ -47,25 +40,6 @@ def scenario_recorded(rank: int, name: str, args: dict, dtype: torch.dtype, step
         call["sent"] = sent
         call["corrected"] = corrected
     return {"calls": recorder.calls, "summary": state.counter.summary(), "step": state.step}
-
-
-def scenario_adam_equals_adamw(rank: int) -> dict:
-    """The same data on both ranks, float64: plain DDP + AdamW vs local Adam + SGD without momentum (weight decay
-    as SGD's), once dense and once sparse with every entry sent (ratio 1)."""
-    def run(ddp: DDP, optimizer) -> list[torch.Tensor]:
-        for step in range(5):
-            optimizer.zero_grad()
-            loss_of(ddp, 0, step).backward()  # rank 0's batch everywhere: the local gradient is the average
-            optimizer.step()
-        return [p.detach().clone() for p in ddp.module.parameters()]
-
-    plain = DDP(make_model(torch.float64))
-    params = {"plain": run(plain, torch.optim.AdamW(plain.parameters(), lr=0.01, weight_decay=0.1))}
-    for label, args in [("dense", {"warmup_steps": 100}),
-                        ("sparse", {"ratio": 1.0, "value_dtype": "fp64", "warmup_steps": 0})]:
-        hooked, _, _ = wrap("local_adam", args, dtype=torch.float64)
-        params[label] = run(hooked, torch.optim.SGD(hooked.parameters(), lr=0.01, weight_decay=0.1))
-    return params
 
 
 class ScaledModel(nn.Module):
@@ -95,7 +69,6 @@ def run_scenarios(rank: int, world: int, out_dir: str) -> None:
         "topk_fp16": scenario_recorded(rank, "topk", {**PLAIN_TOPK, "warmup_steps": 0}, torch.float32),
         **{label: scenario_recorded(rank, name, args, torch.float64, steps=steps, bucket_cap_mb=cap)
            for label, (name, args, cap, steps, _) in ORACLE.items()},
-        "adam_equals_adamw": scenario_adam_equals_adamw(rank),
         "scalar": scenario_scalar_parameter(rank),
     }
     torch.save(results, f"{out_dir}/{rank}.pt")
@@ -158,34 +131,17 @@ def topk_mask(accumulated: torch.Tensor, sizes: list[int], args: dict, density: 
     return mask, k
 
 
-def topk_oracle(calls: list[dict], args: dict, densities: dict[int, float], adam: bool) -> None:
-    """Top-k with error feedback in plain tensor code, over one rank's calls in order; ``adam``: of local Adam's
-    directions instead of the gradients.
+def topk_oracle(calls: list[dict], args: dict, densities: dict[int, float]) -> None:
+    """Top-k with error feedback in plain tensor code, over one rank's calls in order.
 
-    Per parameter, with ``adam``: m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, d = (m / (1 - b1^t)) /
-    (sqrt(v / (1 - b2^t)) + eps) with t this parameter's update count (else d = g); dense step: send d; sparse
-    step: r <- r + d, send the k largest |r| (per bucket or per tensor) and zero r there. Adds ``oracle_sent``,
-    ``oracle_residual`` (N,), ``oracle_mask`` (N,) bool, ``oracle_k`` and, with ``adam``, ``oracle_first`` (N,).
+    Per parameter, with g its gradient: dense step: send g; sparse step: r <- r + g, send the k largest |r| (per
+    bucket or per tensor) and zero r there. Adds ``oracle_sent``, ``oracle_residual`` (N,), ``oracle_mask`` (N,)
+    bool and ``oracle_k``.
     """
-    beta1, beta2, eps = args.get("beta1", 0.9), args.get("beta2", 0.999), args.get("eps", 1e-8)
-    first: dict[int, torch.Tensor] = {}  # parameter position -> (numel,)
-    second: dict[int, torch.Tensor] = {}
-    updates: dict[int, int] = {}
     residual: dict[int, torch.Tensor] = {}
     for call in calls:
         positions, sizes = call["positions"], call["sizes"]
-        directions = []
-        for position, grad in zip(positions, call["input"].double().split(sizes), strict=True):
-            if not adam:
-                directions.append(grad)
-                continue
-            first[position] = beta1 * first.get(position, torch.zeros_like(grad)) + (1 - beta1) * grad
-            second[position] = beta2 * second.get(position, torch.zeros_like(grad)) + (1 - beta2) * grad ** 2
-            updates[position] = t = updates.get(position, 0) + 1
-            directions.append(first[position] / (1 - beta1 ** t) / ((second[position] / (1 - beta2 ** t)).sqrt() + eps))
-        d = torch.cat(directions)  # (N,)
-        if adam:
-            call["oracle_first"] = torch.cat([first[p] for p in positions])
+        d = call["input"].double()  # (N,)
         if call["step"] < args["warmup_steps"]:
             call["oracle_sent"], call["oracle_residual"], call["oracle_k"] = d, None, None
             continue
@@ -209,15 +165,13 @@ def calls_and_oracle_averages(per_rank: list[list[dict]]):
 
 @pytest.mark.parametrize("label", list(ORACLE))
 def test_exchange_matches_oracle(results, label):
-    name, args, _, steps, densities = ORACLE[label]
+    _, args, _, steps, densities = ORACLE[label]
     per_rank = [rank_result[label]["calls"] for rank_result in results]
     for calls in per_rank:
-        topk_oracle(calls, args, densities, adam=name == "local_adam")
+        topk_oracle(calls, args, densities)
     sparse_steps = set()
     for call, average in calls_and_oracle_averages(per_rank):
         torch.testing.assert_close(call["output"], average, rtol=1e-10, atol=1e-12)
-        if name == "local_adam":
-            torch.testing.assert_close(call["adam_new"][0], call["oracle_first"], rtol=1e-10, atol=1e-12)
         if call["oracle_k"] is None:  # dense: everything went out, nothing was kept back
             assert call["new"] is None
             continue
@@ -230,19 +184,3 @@ def test_exchange_matches_oracle(results, label):
         assert len({c["positions"] for c in per_rank[0] if c["step"] == steps - 1}) > 1
         sent = [sum(c["oracle_k"] for c in per_rank[0] if c["step"] == step) for step in sorted(sparse_steps)]
         assert sent[0] > sent[1] > sent[2] == sent[-1]
-    if label == "local_adam":  # what goes out is Adam's direction, not the gradient: at step 0 d = g / |g|
-        first = next(c for c in per_rank[0] if c["step"] == 0)
-        gradient, sent = first["input"].double(), first["oracle_sent"]
-        large = gradient.abs() > 1e-5  # d = g / (|g| + eps): within 1e-3 of the sign where |g| > 1e-5
-        assert gradient[large].abs().max() / gradient[large].abs().min() > 100
-        torch.testing.assert_close(sent[large], gradient[large].sign(), rtol=1e-3, atol=0)
-
-
-def test_local_adam_with_sgd_equals_adamw(results):
-    for rank_result in results:
-        run = rank_result["adam_equals_adamw"]
-        for label in ("dense", "sparse"):
-            for plain, hooked in zip(run["plain"], run[label], strict=True):
-                torch.testing.assert_close(hooked, plain, rtol=1e-10, atol=1e-12)
-        start = make_model(torch.float64).parameters()
-        assert not any(torch.equal(p, q) for p, q in zip(run["plain"], start, strict=True))  # it did train

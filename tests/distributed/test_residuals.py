@@ -50,23 +50,3 @@ def test_residuals_follow_parameters_across_layouts_and_checkpoints():
     fresh = ResidualStore(ids)
     fresh.load_state_dict(saved)
     assert torch.equal(fresh.get(first), residual_of(params, values, ids))
-
-
-def test_one_value_per_parameter_follows_parameters_too():
-    params = [nn.Parameter(torch.zeros(n)) for n in (3, 5, 2)]
-    ids = {id(p): i for i, p in enumerate(params)}
-    store = ResidualStore(ids, one_per_parameter=True)
-    first = FakeBucket(0, params)
-    assert store.get(first) is None
-    store.set(first, torch.tensor([10.0, 11.0, 12.0]))  # (P,)
-    rebuilt = [FakeBucket(0, [params[2]]), FakeBucket(1, [params[1], params[0]])]
-    assert torch.equal(store.get(rebuilt[1]), torch.tensor([11.0, 10.0]))
-    assert torch.equal(store.get(rebuilt[0]), torch.tensor([12.0]))
-    saved = store.state_dict()
-    assert {i: v.tolist() for i, v in saved.items()} == {0: [10.0], 1: [11.0], 2: [12.0]}
-    fresh = ResidualStore(ids, one_per_parameter=True)
-    fresh.load_state_dict(saved)
-    assert torch.equal(fresh.get(first), torch.tensor([10.0, 11.0, 12.0]))
-    partly = ResidualStore(ids, one_per_parameter=True)
-    partly.load_state_dict({1: torch.tensor([7.0])})
-    assert torch.equal(partly.get(first), torch.tensor([0.0, 7.0, 0.0]))  # missing parameters start at zero

@@ -15,7 +15,6 @@ from fusion.distributed.strategy import (
     CHECKPOINT_KEY,
     CompressedDDPStrategy,
     build_strategy,
-    check_hook_needs,
     saved_hook_name,
 )
 from tests.helpers.spawn import free_port, run_gloo
@@ -46,32 +45,22 @@ def test_build_strategy_passes_through_and_validates():
         build_strategy({"ratio": 0.1}, "ddp")
 
 
-def test_hook_needs_name_the_settings_to_change():
-    model = nn.Linear(2, 2)
-    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
-    check_hook_needs("local_adam", [sgd], torch.device("cpu"))
-    check_hook_needs("topk", [torch.optim.AdamW(model.parameters())], torch.device("cuda", 0))  # no needs
-    with pytest.raises(ValueError, match=r"comm_hook=local_adam needs plain SGD without momentum .*: set "
-                                         r"model.optimizer=sgd model.momentum=0 \(the LightningModule's optimizer is "
-                                         r"AdamW\)"):
-        check_hook_needs("local_adam", [torch.optim.AdamW(model.parameters())], torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"optimizer is SGD with momentum=0.9\)"):
-        check_hook_needs("local_adam", [torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)], "cpu")
-    with pytest.raises(ValueError, match=r"comm_hook=local_adam is experimental and runs on cpu only .* not on "
-                                         r"cuda:0: use trainer.accelerator=cpu"):
-        check_hook_needs("local_adam", [sgd], torch.device("cuda", 0))
+def test_removed_local_adam_is_an_unknown_hook():
+    names = r"none\|allreduce\|fp16\|bf16\|int8\|topk\|powersgd"
+    for hook in ("local_adam", {"name": "local_adam", "ratio": 0.001}):
+        with pytest.raises(ValueError, match=rf"comm_hook must be one of {names}, got 'local_adam'"):
+            build_strategy(hook, "ddp")
 
 
-def test_old_topk_local_adam_checkpoints_belong_to_local_adam():
+def test_old_topk_local_adam_checkpoints_do_not_restore_into_topk():
     assert saved_hook_name({"name": "topk", "args": {"ratio": 0.001, "local_adam": True}}) == "local_adam"
     assert saved_hook_name({"name": "topk", "args": {"ratio": 0.001}}) == "topk"
     assert saved_hook_name({"name": "int8", "args": {}}) == "int8"
 
 
 class TinyTask(L.LightningModule):
-    def __init__(self, momentum: float = 0.9) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.momentum = momentum
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 3))
 
@@ -80,7 +69,7 @@ class TinyTask(L.LightningModule):
         return F.cross_entropy(self.net(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=self.momentum)
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
 def loader() -> DataLoader:
@@ -89,9 +78,8 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)  # 4 steps per rank per epoch
 
 
-def fit(hook: str, args: dict, epochs: int, ckpt_path: str | None = None, accumulate: int = 1,
-        momentum: float = 0.9):
-    task = TinyTask(momentum)
+def fit(hook: str, args: dict, epochs: int, ckpt_path: str | None = None, accumulate: int = 1):
+    task = TinyTask()
     trainer = L.Trainer(strategy=build_strategy({"name": hook, **args}, DDPStrategy(bucket_cap_mb=0.005)),
                         accelerator="cpu",
                         devices=2, max_epochs=epochs, accumulate_grad_batches=accumulate, logger=False,
@@ -101,12 +89,11 @@ def fit(hook: str, args: dict, epochs: int, ckpt_path: str | None = None, accumu
     return trainer, task
 
 
-# label -> (hook, args, SGD momentum) of the fit / checkpoint / resumed-fit runs
+# label -> (hook, args) of the fit / checkpoint / resumed-fit runs
 RESUMED = {
-    "int8": ("int8", {}, 0.9),
-    "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "density_warmup_steps": 0, "granularity": "tensor"}, 0.9),
-    "local_adam": ("local_adam", {"ratio": 0.05, "warmup_steps": 1, "granularity": "tensor"}, 0.0),
-    "powersgd": ("powersgd", {"warmup_steps": 2}, 0.9),
+    "int8": ("int8", {}),
+    "topk": ("topk", {"ratio": 0.05, "warmup_steps": 1, "density_warmup_steps": 0, "granularity": "tensor"}),
+    "powersgd": ("powersgd", {"warmup_steps": 2}),
 }
 
 
@@ -114,26 +101,21 @@ def lightning_worker(rank: int, world: int, out_dir: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0", "WORLD_SIZE": str(world),
                        "LOCAL_WORLD_SIZE": str(world)})  # launched externally: Lightning joins our group
     results = {}
-    for label, (hook, args, momentum) in RESUMED.items():
-        trainer, task = fit(hook, args, epochs=2, momentum=momentum)
+    for label, (hook, args) in RESUMED.items():
+        trainer, task = fit(hook, args, epochs=2)
         uninterrupted = [p.detach().clone() for p in task.parameters()]
         summary = trainer.strategy.comm_summary()
         logged = float(trainer.callback_metrics["comm/compression"])
 
-        trainer, _ = fit(hook, args, epochs=1, momentum=momentum)
+        trainer, _ = fit(hook, args, epochs=1)
         path = f"{out_dir}/{label}.ckpt"
         trainer.save_checkpoint(path)
-        trainer, task = fit(hook, args, epochs=2, ckpt_path=path, momentum=momentum)
+        trainer, task = fit(hook, args, epochs=2, ckpt_path=path)
         resumed = [p.detach().clone() for p in task.parameters()]
         results[label] = {"uninterrupted": uninterrupted, "resumed": resumed, "summary": summary, "logged": logged,
                          "hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
     trainer, _ = fit("int8", {}, epochs=1, accumulate=2)
     results["accumulate"] = {"hook_step": trainer.strategy.hook_state.step, "global_step": trainer.global_step}
-    try:  # local Adam with SGD that has momentum: refused when training starts, on every rank
-        fit("local_adam", {}, epochs=1, momentum=0.9)
-        results["refused"] = None
-    except ValueError as error:
-        results["refused"] = str(error)
     torch.save(results, f"{out_dir}/{rank}.pt")
 
 
@@ -161,13 +143,6 @@ def test_resumed_fit_continues_exactly(lightning_results, hook):
     assert torch.equal(results[0][hook]["resumed"][0], results[1][hook]["resumed"][0])  # replicas agree
 
 
-def test_strategy_refuses_the_optimizer_the_hook_cannot_use(lightning_results):
-    _, results = lightning_results
-    for rank_result in results:
-        assert "set model.optimizer=sgd model.momentum=0" in rank_result["refused"]
-        assert "optimizer is SGD with momentum=0.9" in rank_result["refused"]
-
-
 def test_bytes_and_compression_are_logged(lightning_results):
     _, results = lightning_results
     int8 = results[0]["int8"]
@@ -184,17 +159,9 @@ def test_checkpoint_holds_every_rank_state_and_loads_weights_only(lightning_resu
     assert saved["name"] == "int8" and saved["world_size"] == 2 and len(saved["ranks"]) == 2
     assert all(state["step"] == 4 and state["residuals"] for state in saved["ranks"])
     assert not torch.equal(saved["ranks"][0]["residuals"][0], saved["ranks"][1]["residuals"][0])  # per rank
-    # local Adam also keeps every rank's two moments, per parameter; "args" holds every option of the hook
-    saved = torch.load(out_dir / "local_adam.ckpt", weights_only=True)[CHECKPOINT_KEY]
-    assert saved["args"] == hook_defaults("local_adam") | RESUMED["local_adam"][1]
-    sizes = [p.numel() for p in TinyTask().parameters()]
-    for state in saved["ranks"]:
-        for moments in state["adam_moments"]:
-            assert sorted(moments["means"]) == list(range(len(sizes)))
-            assert [moments["means"][i].numel() for i in range(len(sizes))] == sizes
-            assert all(weight.numel() == 1 and 0 < float(weight) < 1 for weight in moments["weights"].values())
-    first = [state["adam_moments"][1]["means"][0] for state in saved["ranks"]]
-    assert not torch.equal(first[0], first[1])  # local gradients differ per rank
+    # "args" holds every option of the hook, the defaults included
+    saved = torch.load(out_dir / "topk.ckpt", weights_only=True)[CHECKPOINT_KEY]
+    assert saved["args"] == hook_defaults("topk") | RESUMED["topk"][1]
 
 
 def test_state_advances_once_per_optimizer_step_with_accumulation(lightning_results):
