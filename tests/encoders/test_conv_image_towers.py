@@ -18,8 +18,7 @@ CHANNELS, SIDE = 16, 32  # last stage width; processor crop side -> an 8 x 8 map
 
 def save_tower(folder: Path, family: str) -> Path:
     """A two-stage model with the processor microsoft/resnet-50 and facebook/convnext-tiny-224 ship."""
-    from transformers import (ConvNextConfig, ConvNextImageProcessor, ConvNextModel, ResNetConfig,
-                              ResNetModel)
+    from transformers import ConvNextConfig, ConvNextImageProcessor, ConvNextModel, ResNetConfig, ResNetModel
 
     torch.manual_seed(0)
     if family == "resnet":
