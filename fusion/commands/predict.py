@@ -1,7 +1,8 @@
 """Predict with a finished run: `python predict.py run=<run folder> data.manifest=new.csv`; see recipes/predict.yaml.
 
-Classification runs write `predictions.csv` (row, pred, prob/<class>, gate/<stage>/<modality>); sync runs
-(recipe=sync) write `sync_predictions.csv` (file, offset_ms, offset_frames) and one path plot per file.
+Classification runs write `predictions.csv` (row, pred, prob/<class>, gate/<stage>/<modality>), and with
+`attention_maps=N` (cross-attention runs) `attention/row<k>.png` for the first N rows; sync runs (recipe=sync)
+write `sync_predictions.csv` (file, offset_ms, offset_frames) and one path plot per file.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def run(cfg: DictConfig):
     if bool(example) == bool(manifest):
         raise ConfigError("give either data.manifest=<csv or jsonl> or one example as image=, audio=, text= "
                           f"(the model reads {predictor.preprocessing.modalities})")
+    maps = int(cfg.get("attention_maps") or 0)
+    if maps > 0:
+        from fusion.inference.attention import check_attention_maps
+
+        check_attention_maps(predictor)  # before the predictions, not after them
     frame = predictor.predict(manifest or example, batch_size=int(cfg.data.batch_size), on_error=str(cfg.data.on_error))
     path = out / "predictions.csv"
     write_csv(frame, path)
@@ -66,6 +72,12 @@ def run(cfg: DictConfig):
         log.info("prediction: %s (probabilities %s)", frame["pred"][0], json.dumps(probs))
     log.info("summary: %s", json.dumps(report))
     log.info("predictions: %s", path)
+    if maps > 0:
+        from fusion.inference.attention import write_attention_maps
+
+        pictures = write_attention_maps(predictor, manifest or example, out / "attention", maps,
+                                        int(cfg.data.batch_size), str(cfg.data.on_error))
+        log.info("attention maps: %d pictures in %s", len(pictures), out / "attention")
     return frame
 
 
