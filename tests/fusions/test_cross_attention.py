@@ -121,3 +121,16 @@ def test_encoders_without_tokens_are_refused():
 
     with pytest.raises(ConfigError, match=r"\['image'\] encoder has no forward_tokens"):
         FusionModel({"image": Pooled()}, CrossAttentionFusion({"image": 12}, K))
+
+
+def test_decision_gate_mixes_the_fused_and_the_modality_decisions():
+    model = fusion(decision_gate=True)
+    features, mask, token_mask = inputs()
+    mask["audio"] = torch.tensor([True, False, True, False])
+    result = model.fuse(features, mask, token_mask)
+    weights = {name.split("/")[1]: w for name, w in result.gate_weights.items() if name.startswith("decision/")}
+    assert sorted(weights) == ["audio", "fused", "image", "text"]
+    torch.testing.assert_close(sum(weights.values()), torch.ones(B))
+    assert torch.all(weights["audio"][~mask["audio"]] == 0)
+    assert sorted(result.decision_logits) == ["audio", "image", "text", "~fused"]
+    assert sorted(result.unimodal_logits) == ["audio", "image", "text"]
