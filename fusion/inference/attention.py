@@ -34,6 +34,7 @@ def write_attention_maps(predictor: Predictor, data: object, out: Path, count: i
     Panels: the input, the question as the fused decision reads it (the text [CLS]), every word, and the sound.
     """
     check_attention_maps(predictor)
+    out = Path(out)
     model, device, prep = predictor.backend.model, predictor.backend.device, predictor.preprocessing
     examples = prepare(data, prep, predictor.classes, on_error, base)
     examples.rows = examples.rows[:count]
