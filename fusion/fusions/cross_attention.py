@@ -8,10 +8,10 @@ map are joined by average-pooled copies of it (a simple feature pyramid, Li et a
 Transformer Backbones"), every token with the 2-D position of its centre, so a word can match one region or a
 whole quadrant. Self-attention adds a learned bias of the tokens' relative position (continuous relative position
 bias, Liu et al. 2022, "Swin Transformer V2"), so a region can read its left or upper neighbour directly; that is
-what a relation such as "right of the 7" needs. Each stream is pooled by its own [CLS] token and the ModalityGate weighs the pooled streams.
-Every modality also gets a decision from its own tokens before any cross-attention (`unimodal_logits`), which the
-task trains with its auxiliary per-modality loss; with `decision_gate`, a second gate mixes those decisions with the
-fused one, as the last stage of progressive fusion does.
+what a relation such as "right of the 7" needs. Each stream is pooled by its own [CLS] token and the
+ModalityGate weighs the pooled streams. Every modality also gets a decision from its own tokens before any
+cross-attention (`unimodal_logits`, trained by the task's per-modality loss); with `decision_gate`, a second gate
+mixes those decisions with the fused one, as the last stage of progressive fusion does.
 
 Absent modalities and text padding are key padding: they get exactly zero attention and are never zero-filled
 into a softmax; a sample with only one modality attends to itself (its cross-attention adds nothing).
