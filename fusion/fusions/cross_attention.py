@@ -6,10 +6,7 @@ block a stream attends to itself, then to the tokens of every other present moda
 words and sounds, words to regions and sounds, ...), then an MLP. The image tokens of the encoder's last feature
 map are joined by average-pooled copies of it (a simple feature pyramid, Li et al. 2022, "Exploring Plain Vision
 Transformer Backbones"), every token with the 2-D position of its centre, so a word can match one region or a
-whole quadrant. Self-attention adds a learned bias of the tokens' relative position (continuous relative position
-bias, Liu et al. 2022, "Swin Transformer V2"), so a region can read its left or upper neighbour directly; that is
-what a relation such as "right of the 7" needs. Each stream is pooled by its own [CLS] token and the
-ModalityGate weighs the pooled streams. Every modality also gets a decision from its own tokens before any
+whole quadrant. Each stream is pooled by its own [CLS] token and the ModalityGate weighs the pooled streams. Every modality also gets a decision from its own tokens before any
 cross-attention (`unimodal_logits`, trained by the task's per-modality loss); with `decision_gate`, a second gate
 mixes those decisions with the fused one, as the last stage of progressive fusion does.
 
@@ -61,17 +58,13 @@ class MaskedAttention(nn.Module):
         self.query_norm, self.key_norm = nn.LayerNorm(dim // heads), nn.LayerNorm(dim // heads)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, valid: torch.Tensor,
-                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, Tq, H) attends to context (B, Tk, H) where valid (B, Tk), plus an optional logit bias (h, Tq, Tk);
-        returns (B, Tq, H) and weights (B, h, Tq, Tk)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Tq, H) attends to context (B, Tk, H) where valid (B, Tk); returns (B, Tq, H) and weights (B, h, Tq, Tk)."""
         b, tq, dim = x.shape
         q = self.query_norm(self.query(x).view(b, tq, self.heads, -1).transpose(1, 2))  # (B, h, Tq, d)
         k, v = self.key_value(context).view(b, context.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, h, Tk, d)
         k = self.key_norm(k)
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, Tq, Tk)
-        if bias is not None:
-            scores = scores + bias
         keep = valid[:, None, None, :]  # (B, 1, 1, Tk)
         weights = torch.softmax(scores.masked_fill(~keep, torch.finfo(scores.dtype).min), dim=-1) * keep
         out = (self.dropout(weights) @ v).transpose(1, 2).reshape(b, tq, dim)  # (B, Tq, H)
@@ -89,18 +82,15 @@ class CoAttentionBlock(nn.Module):
         self.self_attention = each(lambda: MaskedAttention(dim, heads, dropout))
         self.cross_attention = each(lambda: MaskedAttention(dim, heads, dropout)) if len(modalities) > 1 else None
         self.mlp = each(lambda: nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)))
-        self.relative = each(lambda: nn.Sequential(nn.Linear(2, 32), nn.GELU(), nn.Linear(32, heads)))
 
-    def forward(self, streams: dict[str, torch.Tensor], own: dict[str, torch.Tensor], shared: dict[str, torch.Tensor],
-                coords: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(self, streams: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                shared: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """streams m -> (B, 1 + T_m, H) ([CLS] first); `own` m -> (B, 1 + T_m) keys a stream sees of itself,
-        `shared` the keys others see; coords m -> (T_m, 2) token positions in [0, 1] (relative position bias)."""
+        `shared` the keys others see."""
         attention = {}
         for m in self.modalities:
             x = self.norm_self[m](streams[m])
-            offsets = coords[m][:, None, :] - coords[m][None, :, :]  # (T, T, 2)
-            bias = F.pad(self.relative[m](offsets).permute(2, 0, 1), (1, 0, 1, 0))  # (h, 1 + T, 1 + T), none for [CLS]
-            streams[m] = streams[m] + self.self_attention[m](x, x, own[m], bias)[0]
+            streams[m] = streams[m] + self.self_attention[m](x, x, own[m])[0]
         if self.cross_attention is not None:
             normed = {m: self.norm_cross[m](streams[m]) for m in self.modalities}
             updates = {}
@@ -167,7 +157,7 @@ class CrossAttentionFusion(Fusion):
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
              token_mask: dict[str, torch.Tensor] | None = None) -> CrossAttentionResult:
         present = stack_mask(mask, self.modalities)  # (B, M)
-        streams, own, shared, coords, grids, decisions = {}, {}, {}, {}, [], {}
+        streams, own, shared, grids, decisions = {}, {}, {}, [], {}
         for i, m in enumerate(self.modalities):
             tokens = features[m] if features[m].dim() == 3 else features[m].unsqueeze(1)  # (B, T, D)
             valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -175,7 +165,7 @@ class CrossAttentionFusion(Fusion):
                 valid = token_mask[m].bool()
             valid = valid & present[:, i : i + 1]  # (B, T)
             tokens = torch.where(valid.unsqueeze(-1), tokens, torch.zeros_like(tokens))  # absent / padding: no NaN leaks
-            x, valid, coords[m], layout = self._embed(m, tokens, valid)  # (B, T', H), (B, T'), (T', 2)
+            x, valid, layout = self._embed(m, tokens, valid)  # (B, T', H), (B, T')
             grids = layout if m == self.grid_modality else grids
             mean = (x * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)  # (B, H) valid tokens
             decisions[m] = self.unimodal[m](mean)  # (B, K) from this modality alone
@@ -185,7 +175,7 @@ class CrossAttentionFusion(Fusion):
             shared[m] = torch.cat([present[:, i : i + 1], valid], dim=1)  # others see nothing of an absent modality
         attention = []
         for block in self.blocks:
-            streams, weights = block(streams, own, shared, coords)
+            streams, weights = block(streams, own, shared)
             attention.append(weights)
         pooled = {m: self.norm[m](streams[m][:, 0]) for m in self.modalities}  # m -> (B, H)
         weights, reg = self.gate(pooled, mask)  # (B, M)
@@ -208,27 +198,25 @@ class CrossAttentionFusion(Fusion):
             return {}
         return {f"blocks.{name}": self.block_lr_scale for name, _ in self.blocks.named_parameters()}
 
-    def _embed(self, m: str, tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
-        """Projected tokens with positions, their valid mask and (T', 2) coordinates, and the grid layout: the grid
-        modality as a pyramid of square maps, others as sequences."""
+    def _embed(self, m: str, tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Projected tokens with positions, their valid mask and the grid layout: the grid modality as a pyramid of
+        square maps, others as sequences."""
         x = self.inputs[m](tokens)  # (B, T, H)
         b, t, h = x.shape
         side = math.isqrt(t)
         if m != self.grid_modality or side * side != t:
             coords = torch.stack([(torch.arange(t, device=x.device) + 0.5) / t, torch.full((t,), 0.5, device=x.device)], 1)
-            coords = coords.to(x.dtype)
-            return x + self.positions[m](fourier(coords)), valid, coords, [(1, t)]
+            return x + self.positions[m](fourier(coords.to(x.dtype))), valid, [(1, t)]
         fmap = x.transpose(1, 2).reshape(b, h, side, side)  # (B, H, S, S)
-        levels, centres, layout = [], [], []
+        levels, layout = [], []
         for s, factor in enumerate(self.scales):
             pooled = F.adaptive_avg_pool2d(fmap, max(1, side // factor))  # (B, H, r, r)
             r = pooled.shape[-1]
-            centres.append(grid_centres(r, r, x.device).to(x.dtype))  # (r*r, 2)
-            position = self.positions[m](fourier(centres[-1]))  # (r*r, H)
+            position = self.positions[m](fourier(grid_centres(r, r, x.device).to(x.dtype)))  # (r*r, H)
             levels.append(pooled.flatten(2).transpose(1, 2) + position + self.scale_embedding[s])  # (B, r*r, H)
             layout.append((r, r))
         x = torch.cat(levels, dim=1)  # (B, sum r*r, H)
-        return x, valid[:, :1].expand(b, x.shape[1]), torch.cat(centres), layout
+        return x, valid[:, :1].expand(b, x.shape[1]), layout
 
 
 def grid_centres(rows: int, cols: int, device: torch.device) -> torch.Tensor:
