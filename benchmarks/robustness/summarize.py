@@ -11,6 +11,8 @@ import json
 import statistics
 from pathlib import Path
 
+from fusion.eval.robustness import gate_of
+
 FUSIONS = ["early", "late", "progressive", "progressive_no_corruption", "two_stage"]
 TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
 
@@ -25,15 +27,6 @@ def load(run: Path) -> dict:
 
 def falls(weights: list[float]) -> bool:
     return all(b <= a + TOLERANCE for a, b in zip(weights, weights[1:], strict=False)) and weights[-1] < weights[0]
-
-
-def last_gate(curve: dict, modality: str) -> list[float] | None:
-    names = [n for n in curve["gate"] if n.endswith(f"/{modality}")]
-    for prefix in ("decision/", "stage", "feature/"):
-        matching = sorted(n for n in names if n.startswith(prefix))
-        if matching:
-            return curve["gate"][matching[-1]]
-    return None
 
 
 def mean(values: list[float]) -> float | None:
@@ -56,7 +49,8 @@ def summarize(root: Path) -> dict:
                 for modality, curves in evaluated[0]["corruption"].items():
                     for kind in curves:
                         accs = [statistics.fmean(v) for v in zip(*[r["corruption"][modality][kind]["acc"] for r in evaluated], strict=True)]
-                        gates = [last_gate(r["corruption"][modality][kind], modality) for r in evaluated]
+                        gates = [r["corruption"][modality][kind]["gate"].get(gate_of(r["corruption"][modality][kind], modality))
+                                 for r in evaluated]
                         gate = [statistics.fmean(v) for v in zip(*gates, strict=True)] if all(gates) else None
                         entry["corruption"][f"{modality}/{kind}"] = {
                             "levels": curves[kind]["levels"], "acc": accs, "gate": gate,
