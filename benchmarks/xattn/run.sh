@@ -43,6 +43,11 @@ done
 rows+=(--run grid/xattn-lr5e-4 recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.lr=0.0005 model.fusion.block_lr_scale=1
        --run grid/xattn-3layers recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.fusion.num_layers=3
        --run grid/xattn-decision recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.fusion.decision_gate=true)
+# without modality dropout (a grid row shown without its question, or the question without the grid, cannot be
+# answered), at three learning rates of the co-attention blocks
+rows+=(--run grid/xattn-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0
+       --run grid/xattn-lr5e-4-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0 model.lr=0.0005 model.fusion.block_lr_scale=1
+       --run grid/xattn-lr1e-3-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0 model.lr=0.001 model.fusion.block_lr_scale=0.5)
 for recipe in progressive xattn; do
   rows+=(--run "grid-spoken/$recipe" recipe=$recipe data.manifest="$SPOKEN" "${SAME[@]}"
          --run "builtin/$recipe" recipe=$recipe)
