@@ -1,11 +1,15 @@
-"""LightningDataModule over a manifest (or the built-in digits set): validation, splits, loaders."""
+"""LightningDataModule over a manifest (or the built-in digits set): validation, splits, loaders.
+
+Validation is up front and complete (every bad row at once) but reads only headers by default, in parallel;
+files are decoded in DataLoader workers, each process only the rows of its own share, with decoded values kept
+in an on-disk cache (fusion/data/disk_cache.py) instead of memory.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 import random
-import time
 from pathlib import Path
 
 import lightning as L
@@ -15,12 +19,13 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from fusion.data.builtin_digits import ensure_builtin_digits
-from fusion.data.dataset import AudioBatcher, Collate, ManifestDataset, decode_media
+from fusion.data.dataset import AudioBatcher, Collate, ManifestDataset
+from fusion.data.decoder import MediaDecoder
+from fusion.data.disk_cache import DiskCache, default_cache_dir
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
-from fusion.data.media import MediaError
-from fusion.data.progress import logged
 from fusion.data.tokenizer import build_tokenizer
+from fusion.data.validation import MODES, usable_cpus, validate_media
 from fusion.encoders.preprocessing import (
     AudioPreprocessing,
     ImagePreprocessing,
@@ -40,7 +45,10 @@ class ManifestDataModule(L.LightningDataModule):
         manifest: CSV/JSONL manifest; None = the built-in digits set (generated on first use).
         modalities: use only these modality columns (None = all present in the manifest).
         batch_size: examples per batch.
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per loader (None = `default_num_workers`: the usable CPUs of
+            this process's share of the machine, less one for the training loop, at most 8).
+        validate: "header" = check every file's header and completeness before training (fast, parallel);
+            "decode" = decode every file before training (finds bad samples too; fills the disk cache).
         on_error: "raise" = one error listing every bad row; "skip" = skip them, report in the run folder.
         towers: the model's encoder configs (`model.encoders`: configs or tower names); the preprocessing of
             each modality comes from its tower (size, crop, mean/std, channels, sample rate, features,
@@ -56,22 +64,35 @@ class ManifestDataModule(L.LightningDataModule):
         val_fraction: share of train rows held out for validation when the manifest has no val rows.
         test_fraction: share of rows for test when the manifest has no split column.
         split_seed: seed of generated splits.
-        cache: keep decoded media in memory (decoded once, during validation).
+        cache: "disk" = keep decoded, resized media in an on-disk cache shared by processes and runs
+            (memory-mapped; keyed by file content and preprocessing); "none" = decode every time. (true/false
+            are read as disk/none.)
+        cache_dir: the disk cache's folder (None = $FUSION_HOME/cache/decoded).
+        pin_memory: page-locked batches for fast, non-blocking copies to the GPU (None = when CUDA is
+            available).
         builtin_size: (train, val, test) sizes of the built-in set.
     """
 
     def __init__(self, manifest: str | None = None, modalities: list[str] | None = None, batch_size: int = 64,
-                 num_workers: int = 0, on_error: str = "raise", image_size: int | None = None,
+                 num_workers: int | None = None, on_error: str = "raise", image_size: int | None = None,
                  image_channels: int | None = None, augment: bool = True, sample_rate: int | None = None,
                  audio_seconds: float = 1.0,
                  text_model: str | None = None, max_text_length: int = 40, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, split_seed: int = 0, cache: bool = True,
-                 builtin_size: tuple[int, int, int] = (3000, 500, 1000), towers: dict | None = None):
+                 test_fraction: float = 0.2, split_seed: int = 0, cache: str | bool = "disk",
+                 builtin_size: tuple[int, int, int] = (3000, 500, 1000), towers: dict | None = None,
+                 validate: str = "header", cache_dir: str | None = None, pin_memory: bool | None = None):
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got '{on_error}'")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
+        if validate not in MODES:
+            raise ConfigError(f"data.validate must be one of {list(MODES)}, got '{validate}'")
+        cache = {True: "disk", False: "none"}.get(cache, cache) if isinstance(cache, bool) else cache
+        if cache not in ("disk", "none"):
+            raise ConfigError(f"data.cache must be 'disk' or 'none', got '{cache}'")
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (or null for the default), got {num_workers}")
         self.manifest = manifest
         self.modalities_arg = list(modalities) if modalities is not None else None
         self.batch_size = batch_size
@@ -87,6 +108,9 @@ class ManifestDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.cache = cache
+        self.cache_dir = cache_dir
+        self.validate = validate
+        self.pin_memory = pin_memory
         self.builtin_size = tuple(builtin_size)
         self.datasets: dict[str, ManifestDataset] = {}
         self.skipped: list[Problem] = []
@@ -154,7 +178,8 @@ class ManifestDataModule(L.LightningDataModule):
             raise ManifestError(path, [Problem(0, "video", "classification recipes have no video tower: drop the "
                                        "column or choose the others with data.modalities=[image,audio,text]; "
                                        "talking-face videos train with recipe=sync data.video_dir=<folder>")])
-        rows, media_problems, decoded = self._decode_all(rows)
+        self.decoder = self._decoder()
+        rows, media_problems = validate_media(rows, self.validate, self.decoder)
         problems = sorted(problems + media_problems, key=lambda p: (p.row, p.column))
         if problems and self.on_error == "raise":
             raise ManifestError(path, problems)
@@ -167,13 +192,14 @@ class ManifestDataModule(L.LightningDataModule):
         self.modalities = sorted({m for r in rows for m in r.media})
         self.classes = sort_labels({r.label for r in rows})
         class_index = {c: i for i, c in enumerate(self.classes)}
+        self.tokenizer = build_tokenizer(self.text_prep.tokenizer, **self.text_prep.extra)
+        self.max_text_length = self.text_prep.max_length or self.max_text_length
         for split in SPLITS:
             self.datasets[split] = ManifestDataset(
                 splits[split], class_index, self.modalities, self._image_transform(train=split == "train"),
-                self.image_channels, self.sample_rate, self.audio_samples, cache=self.cache, preloaded=decoded,
-                pad_audio=not self.audio_prep.variable_length)
-        self.tokenizer = build_tokenizer(self.text_prep.tokenizer, **self.text_prep.extra)
-        self.max_text_length = self.text_prep.max_length or self.max_text_length
+                self.image_channels, self.sample_rate, self.audio_samples, cache=False,
+                pad_audio=not self.audio_prep.variable_length, decoder=self.decoder, tokenizer=self.tokenizer,
+                max_text_length=self.max_text_length)
         audio = self.audio_prep
         batcher = AudioBatcher(audio.sample_rate, audio.feature_extractor, audio.padding, audio.extra) \
             if audio.variable_length and "audio" in self.modalities else None
@@ -181,32 +207,16 @@ class ManifestDataModule(L.LightningDataModule):
                                (self.image_channels, self.image_size, self.image_size),
                                min(self.audio_samples, self.sample_rate) if batcher else self.audio_samples, batcher)
 
-    def _decode_all(self, rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[Problem], dict]:
-        """Decodes every media file once, so unreadable files are found before training starts."""
-        good, problems, decoded = [], [], {}
-        files = sum(1 for row in rows for m in row.media if m != "text")
-        log.info("checking %d rows: decoding %d media files once", len(rows), files)
-        start = time.perf_counter()
-        for row in logged(rows, "rows", log):
-            row_values, row_problems = {}, []
-            for m, value in row.media.items():
-                if m == "text":
-                    continue
-                try:
-                    row_values[(row.row, m)] = decode_media(value, m, self.image_channels, self.sample_rate,
-                                                            self.audio_samples, not self.audio_prep.variable_length)
-                except MediaError as err:
-                    row_problems.append(Problem(row.row, m, err.reason, value))
-            if row_problems:
-                problems.extend(row_problems)
-            else:
-                good.append(row)
-                if self.cache:
-                    decoded.update(row_values)
-        seconds = time.perf_counter() - start
-        log.info("decoded %d files in %.1f s (%.0f files/s), %d problem(s)", files, seconds, files / max(seconds, 1e-9),
-                 len(problems))
-        return good, problems, decoded
+    def _decoder(self) -> MediaDecoder:
+        """The files' decoder: the image tower's resize (and crop) before the disk cache, which it keys."""
+        prep = self.image_prep
+        cache = None
+        if self.cache == "disk":
+            cache = DiskCache(self.cache_dir or default_cache_dir())
+            cache.sweep_temporary()
+        return MediaDecoder(self.image_channels, self.sample_rate, self.audio_samples,
+                            pad_audio=not self.audio_prep.variable_length, image_resize=self._image_resize(),
+                            image_resize_key=f"resize={prep.resize}/crop={prep.crop}/{prep.interpolation}", cache=cache)
 
     def _assign_splits(self, rows: list[ManifestRow], path: Path) -> dict[str, list[ManifestRow]]:
         rng = random.Random(self.split_seed)
@@ -233,13 +243,19 @@ class ManifestDataModule(L.LightningDataModule):
             raise ManifestError(path, [Problem(0, "split", f"no usable rows in split '{s}'") for s in empty])
         return splits
 
-    def _image_transform(self, train: bool) -> transforms.Compose:
+    def _image_resize(self) -> transforms.Compose:
+        """The deterministic part of the image transform (before the disk cache): PIL -> PIL crop x crop."""
         prep = self.image_prep
         mode = transforms.InterpolationMode(prep.interpolation)
         if prep.resize is None:
-            steps = [transforms.Resize((prep.crop, prep.crop), interpolation=mode)]
-        else:  # shorter side to `resize`, then the centre crop (torchvision / timm / HF evaluation transforms)
-            steps = [transforms.Resize(prep.resize, interpolation=mode), transforms.CenterCrop(prep.crop)]
+            return transforms.Compose([transforms.Resize((prep.crop, prep.crop), interpolation=mode)])
+        # shorter side to `resize`, then the centre crop (torchvision / timm / HF evaluation transforms)
+        return transforms.Compose([transforms.Resize(prep.resize, interpolation=mode), transforms.CenterCrop(prep.crop)])
+
+    def _image_transform(self, train: bool) -> transforms.Compose:
+        """What follows the decoder's resize, every time: augmentation (train), tensor, normalisation."""
+        prep = self.image_prep
+        steps = []
         if train and self.augment:
             steps.append(transforms.RandomAffine(degrees=8, translate=(0.06, 0.06), scale=(0.92, 1.08)))
         steps += [transforms.ToTensor(), transforms.Normalize(list(prep.mean), list(prep.std))]
@@ -249,9 +265,19 @@ class ManifestDataModule(L.LightningDataModule):
         if not self.datasets:
             self.prepare()
 
+    def _devices(self) -> int:
+        """Training processes on this machine (1 outside a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return max(1, int(getattr(trainer, "num_devices", 1) or 1)) if trainer is not None else 1
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = default_num_workers(self._devices()) if self.num_workers is None else self.num_workers
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        trainer = getattr(self, "trainer", None)
+        if pin and trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") != "cuda":
+            pin = False  # a CPU run on a GPU host
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
                           generator=torch.Generator().manual_seed(self.split_seed) if shuffle else None)
 
     def train_dataloader(self) -> DataLoader:
@@ -262,6 +288,12 @@ class ManifestDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return with_eval_sampler(self._loader("test", shuffle=False))
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """DataLoader workers per loader: this process's share of the usable CPUs less one (the training loop), at
+    least 1 and at most 8."""
+    return max(1, min(8, usable_cpus() // max(1, processes) - 1))
 
 
 def sort_labels(labels: set[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import soundfile
 import torch
@@ -21,12 +23,15 @@ class MediaError(UserError, ValueError):
         super().__init__(f"{reason}: '{path}'")
 
 
-def load_image(path: str, channels: int) -> Image.Image:
-    """Decodes an image fully (so truncated files fail here) and converts it to L (1) or RGB (3) channels."""
+def load_image(path: str, channels: int, data: bytes | None = None) -> Image.Image:
+    """Decodes an image fully (so truncated files fail here) and converts it to L (1) or RGB (3) channels.
+
+    `data`: the file's bytes when the caller has read them already (`path` then only names the file in errors).
+    """
     if channels not in (1, 3):
         raise ConfigError(f"data.image_channels must be 1 or 3, got {channels}")
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img.load()
             return img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -35,14 +40,16 @@ def load_image(path: str, channels: int) -> Image.Image:
         raise MediaError(path, f"cannot decode image ({type(err).__name__}: {err})") from None
 
 
-def load_audio(path: str, sample_rate: int) -> torch.Tensor:
+def load_audio(path: str, sample_rate: int, data: bytes | None = None) -> torch.Tensor:
     """Reads an audio file as mono float32 resampled to `sample_rate`.
+
+    `data`: the file's bytes when the caller has read them already (`path` then only names the file in errors).
 
     Returns:
         (L,) waveform.
     """
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(path if data is None else io.BytesIO(data), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError, ValueError) as err:
         raise MediaError(path, f"cannot decode audio ({err})") from None
     except Exception as err:
