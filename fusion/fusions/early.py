@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
-from fusion.fusions.gating import ModalityGate
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights
+from fusion.fusions.gating import ModalityGate, presence
 
 
 class EarlyFusion(Fusion):
@@ -40,7 +40,7 @@ class EarlyFusion(Fusion):
         self.heads = nn.ModuleDict({m: nn.Linear(hidden_dim, num_classes) for m in self.modalities})
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
-        present = stack_mask(mask, self.modalities)  # (B, M)
+        present = presence(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
         weights, reg = self.gate(features, mask)  # (B, M)
         scale = weights * present.sum(1, keepdim=True)  # (B, M): 1 each under a uniform gate, 0 if absent

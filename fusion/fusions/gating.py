@@ -14,6 +14,21 @@ from torch import nn
 from fusion.fusions.base import stack_mask
 
 
+def host_checks_allowed() -> bool:
+    """False while a CUDA graph is captured or torch.compile traces: a check that reads a tensor value on the
+    host (``bool(t)``) would break the capture (or the compiled graph), so the caller checks its inputs instead."""
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return not (capturing or torch.compiler.is_compiling())
+
+
+def presence(mask: dict[str, torch.Tensor], modalities: list[str], check: bool = True) -> torch.Tensor:
+    """(B, M) bool presence in ``modalities`` order; with ``check``, `stack_mask`'s error for a sample with no
+    modality, skipped where host checks are not allowed (see `host_checks_allowed`)."""
+    if check and host_checks_allowed():
+        return stack_mask(mask, modalities)
+    return torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
+
+
 class ModalityGate(nn.Module):
     """Per-sample gate over modalities.
 
@@ -38,7 +53,7 @@ class ModalityGate(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns weights (B, M) in `self.modalities` order and the weighted regularisation loss (scalar)."""
-        present = stack_mask(mask, self.modalities)  # (B, M)
+        present = presence(mask, self.modalities, check=False)  # (B, M); the fusion calling the gate checked it
         hidden = [self.proj[m](features[m]) for m in self.modalities]
         hidden = [torch.where(present[:, i : i + 1], h, torch.zeros_like(h)) for i, h in enumerate(hidden)]
         scores = self.scorer(torch.cat(hidden + [present.to(hidden[0].dtype)], dim=1)) / self.temperature  # (B, M)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
-from fusion.fusions.gating import ModalityGate
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights
+from fusion.fusions.gating import ModalityGate, presence
 
 
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ class LateFusion(Fusion):
         self.gate = ModalityGate({m: d + num_classes + 1 for m, d in modality_dims.items()}, **(gate or {}))
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
-        stack_mask(mask, self.modalities)
+        presence(mask, self.modalities)
         features = drop_absent(features, mask, self.modalities)
         decisions = {m: self.heads[m](features[m]) for m in self.modalities}  # m -> (B, K)
         gate_in = {m: torch.cat([features[m], confidence_features(decisions[m])], dim=1) for m in self.modalities}

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights, stack_mask
-from fusion.fusions.gating import ModalityGate
+from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights
+from fusion.fusions.gating import ModalityGate, presence
 from fusion.fusions.late import confidence_features
 
 FUSED = "~fused"  # name of the fused decision among the decision gate's inputs (sorts after modalities)
@@ -70,7 +70,7 @@ class ProgressiveFusion(Fusion):
         self.decision_gate = ModalityGate({m: state_dim + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
-        present = stack_mask(mask, self.modalities)  # (B, M)
+        present = presence(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
         unimodal_states = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
         streams = unimodal_states
