@@ -14,6 +14,7 @@ from fusion.data.corruption import CorruptionAugment
 from fusion.encoders.finetune import pretrained_lr_scales, scaled_groups
 from fusion.encoders.towers import encoder_config
 from fusion.errors import ConfigError
+from fusion.fusions.base import FusionResult
 from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
@@ -32,6 +33,29 @@ def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_d
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
     return FusionModel(built, fusion_module, modality_dropout)
+
+
+def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[str, torch.Tensor],
+                        label_smoothing: float = 0.0, unimodal_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training objective without host synchronisation: (total, fused cross-entropy), both scalars.
+
+    total = CE(fused logits) + the fusion's aux loss + ``unimodal_weight`` x the mean, over the modalities present
+    in at least one sample, of each head's CE over the samples where its modality is present (``mask``: modality ->
+    (B,) bool). Masked sums instead of boolean indexing, so no step reads a tensor value on the host.
+    """
+    loss = F.cross_entropy(result.logits, labels, label_smoothing=label_smoothing)
+    total = loss + result.aux_loss
+    if unimodal_weight and result.unimodal_logits:
+        terms, present_any = [], []
+        for m, logits in result.unimodal_logits.items():
+            present = mask[m].to(logits.dtype)  # (B,)
+            count = present.sum()
+            per_sample = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")  # (B,)
+            terms.append((per_sample * present).sum() / count.clamp_min(1.0))
+            present_any.append((count > 0).to(logits.dtype))
+        terms, present_any = torch.stack(terms), torch.stack(present_any)  # (M,), (M,)
+        total = total + unimodal_weight * (terms * present_any).sum() / present_any.sum().clamp_min(1.0)
+    return total, loss
 
 
 class ClassificationTask(L.LightningModule):
@@ -71,7 +95,7 @@ class ClassificationTask(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.epoch_means = {"val": EpochMeans(), "test": EpochMeans()}  # loss, decision accuracies, gate weights
+        self.epoch_means = {"train": EpochMeans(), "val": EpochMeans(), "test": EpochMeans()}  # gate weights, ...
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch)
@@ -81,27 +105,17 @@ class ClassificationTask(L.LightningModule):
             batch = self.corruption(batch)
         result = self.model.forward_with_details(batch)
         labels = batch["label"]
-        smoothing = self.hparams.label_smoothing
-        loss = F.cross_entropy(result.logits, labels, label_smoothing=smoothing)
-        unimodal_terms = []
         seen = result.mask or batch["mask"]  # after modality dropout: a dropped modality's head saw nothing
-        for m, logits in result.unimodal_logits.items():
-            present = seen[m]
-            if bool(present.any()):
-                unimodal_terms.append(F.cross_entropy(logits[present], labels[present], label_smoothing=smoothing))
-        total = loss + result.aux_loss
-        if unimodal_terms and self.hparams.unimodal_loss_weight:
-            total = total + self.hparams.unimodal_loss_weight * torch.stack(unimodal_terms).mean()
+        total, loss = classification_loss(result, labels, seen, self.hparams.label_smoothing,
+                                          self.hparams.unimodal_loss_weight)
         batch_size = labels.shape[0]
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(result.logits.detach(), labels)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=batch_size)
         if stage == "train":  # per process; evaluation values below are exact over every process
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-            for name, (weights, present) in self._gate_weights(result, seen, labels).items():
-                if bool(present.any()):
-                    self.log(f"train/gate/{name}", weights.detach()[present].mean(), on_step=False, on_epoch=True,
-                             batch_size=int(present.sum()))
+            for name, (weights, present) in self._gate_weights(result, seen, labels).items():  # summed on the device
+                self.epoch_means["train"].add_sum(f"train/gate/{name}", (weights.detach() * present).sum(), present.sum())
             return total
         means = self.epoch_means[stage]
         means.add(f"{stage}/loss", loss, batch_size)
@@ -130,6 +144,9 @@ class ClassificationTask(L.LightningModule):
         self.log_dict(values, prog_bar=False, sync_dist=True)
         if loss is not None:
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_means("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_means("val")

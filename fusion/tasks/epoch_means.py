@@ -18,7 +18,7 @@ class EpochMeans:
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}  # name -> () float64 sum of value * count, on the values' device
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int | torch.Tensor] = {}  # int, or a () tensor on the device (`add_sum`)
 
     def add(self, name: str, value: torch.Tensor, count: int) -> None:
         """Adds ``value`` (a () tensor: the mean over ``count`` items); a count of 0 adds nothing."""
@@ -27,6 +27,13 @@ class EpochMeans:
         weighted = value.detach().to(torch.float64) * count
         self._sums[name] = self._sums[name] + weighted if name in self._sums else weighted
         self._counts[name] = self._counts.get(name, 0) + count
+
+    def add_sum(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Adds a () sum of values and their () count, both left on the device (no host synchronisation per
+        step, e.g. gate weights summed over the samples where their modality is present)."""
+        total, count = total.detach().to(torch.float64), count.detach().to(torch.float64)
+        self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._counts[name] = self._counts[name] + count if name in self._counts else count
 
     def compute(self, device: torch.device) -> dict[str, float]:
         """Means over every process (the union of their names; each name's total count > 0), then resets.
@@ -44,9 +51,12 @@ class EpochMeans:
         for row, name in enumerate(names):
             if name in self._sums:
                 totals[row, 0] = self._sums[name].to(device)
-                totals[row, 1] = self._counts[name]
+                count = self._counts[name]
+                totals[row, 1] = count.to(device) if isinstance(count, torch.Tensor) else count
         if distributed and names:
             dist.all_reduce(totals)
         self._sums.clear()
         self._counts.clear()
-        return {name: float(total / count) for name, (total, count) in zip(names, totals.tolist(), strict=True)}
+        # a name added only with a count of 0 (through `add_sum`) has no mean
+        return {name: float(total / count) for name, (total, count) in zip(names, totals.tolist(), strict=True)
+                if count > 0}
