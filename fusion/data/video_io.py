@@ -1,7 +1,8 @@
-"""Talking-face video loading: PyAV decoding, audio resampling, a fixed lower-face crop, frame-rate audio features.
+"""Talking-face video loading: PyAV decoding, audio resampling, mouth crops (tracked or a fixed box), audio features.
 
 PyAV ships its own FFmpeg libraries, so MPEG-1/2, MP4 and AVI files decode without a system FFmpeg. The mouth
-region is a fixed box given as fractions of the frame (top, left, height, width): suitable for frontal,
+region follows a tracked face (``mouth="track"``, :mod:`fusion.data.face_track`) or is a fixed box given as
+fractions of the frame (top, left, height, width; ``mouth="box"``): suitable for pre-cropped or frontal,
 head-centred video such as GRID, where the default box covers nose tip to chin.
 """
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from fusion.data.face_track import FaceTracker, TrackerConfig, crop_box, mouth_boxes
 from fusion.errors import ConfigError, MissingFileError
 
 # GRID (360x288, frontal): rows 170-250, columns 120-216 contain the lips and chin.
@@ -39,6 +41,79 @@ class DecodedVideo:
     sample_rate: int
 
 
+def _open(path: Path):
+    if not path.is_file():
+        raise MissingFileError(f"video file '{path}' does not exist")
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise ConfigError(f"video file '{path}' cannot be decoded: {err}") from None
+
+
+def iter_gray_frames(path: str | Path):
+    """Streams the grayscale frames of a file: yields (frame (H, W) uint8, time in s or None), decoded one by one.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file, if it is missing, unreadable, or has no video stream.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise ConfigError(f"video file '{path}' has no video stream")
+        try:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="gray"), frame.time
+        except av.error.FFmpegError as err:
+            raise ConfigError(f"video file '{path}' cannot be decoded: {err}") from None
+
+
+def video_rate(path: str | Path) -> float:
+    """Frame rate of the first video stream."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise ConfigError(f"video file '{path}' has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise ConfigError(f"video file '{path}': cannot determine the frame rate")
+    return float(rate)
+
+
+def read_audio(path: str | Path, video_start: float | None) -> tuple[torch.Tensor, int]:
+    """The first audio stream as float (C, L) in [-1, 1] on the video's clock (starting at ``video_start`` s).
+
+    A stream that starts later than the video is padded with silence, one that starts earlier is cut.
+    """
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise ConfigError(f"video file '{path}' has no audio stream")
+        audio_stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=audio_stream.layout.name, rate=audio_stream.rate)
+        chunks, audio_start = [], None
+        try:
+            for frame in container.decode(audio=0):
+                if audio_start is None and frame.time is not None:
+                    audio_start = frame.time
+                for converted in resampler.resample(frame):
+                    chunks.append(converted.to_ndarray())
+            for converted in resampler.resample(None):
+                chunks.append(converted.to_ndarray())
+        except av.error.FFmpegError as err:
+            raise ConfigError(f"video file '{path}' cannot be decoded: {err}") from None
+        sample_rate = int(audio_stream.rate)
+    if not chunks:
+        raise ConfigError(f"video file '{path}' has no decodable audio")
+    audio = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))  # (C, L)
+    lead = round(((audio_start or 0.0) - (video_start or 0.0)) * sample_rate)
+    if lead > 0:
+        audio = torch.cat([torch.zeros(audio.shape[0], lead), audio], 1)
+    elif lead < 0:
+        audio = audio[:, -lead:]
+    return audio, sample_rate
+
+
 def read_video(path: str | Path) -> DecodedVideo:
     """Decodes every video frame (grayscale) and the first audio stream of a file.
 
@@ -48,49 +123,16 @@ def read_video(path: str | Path) -> DecodedVideo:
         FileNotFoundError / ValueError: naming the file, if it is missing, unreadable, or lacks a stream.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"video file '{path}' does not exist")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ConfigError(f"video file '{path}' has no video stream")
-            if not container.streams.audio:
-                raise ConfigError(f"video file '{path}' has no audio stream")
-            video_stream = container.streams.video[0]
-            rate = video_stream.average_rate or video_stream.guessed_rate
-            if not rate:
-                raise ConfigError(f"video file '{path}': cannot determine the frame rate")
-            frames, video_start = [], None
-            for frame in container.decode(video=0):
-                if video_start is None and frame.time is not None:
-                    video_start = frame.time
-                frames.append(frame.to_ndarray(format="gray"))
-        with av.open(str(path)) as container:
-            audio_stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="fltp", layout=audio_stream.layout.name, rate=audio_stream.rate)
-            chunks, audio_start = [], None
-            for frame in container.decode(audio=0):
-                if audio_start is None and frame.time is not None:
-                    audio_start = frame.time
-                for converted in resampler.resample(frame):
-                    chunks.append(converted.to_ndarray())
-            for converted in resampler.resample(None):
-                chunks.append(converted.to_ndarray())
-            sample_rate = int(audio_stream.rate)
-    except av.error.FFmpegError as err:
-        raise ConfigError(f"video file '{path}' cannot be decoded: {err}") from None
+    rate = video_rate(path)
+    frames, video_start = [], None
+    for frame, time in iter_gray_frames(path):
+        if video_start is None and time is not None:
+            video_start = time
+        frames.append(frame)
     if not frames:
         raise ConfigError(f"video file '{path}' has no decodable video frames")
-    if not chunks:
-        raise ConfigError(f"video file '{path}' has no decodable audio")
-    audio = torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32))  # (C, L)
-    # Put the audio on the video's clock: a stream that starts later is padded with silence, earlier is cut.
-    lead = round(((audio_start or 0.0) - (video_start or 0.0)) * sample_rate)
-    if lead > 0:
-        audio = torch.cat([torch.zeros(audio.shape[0], lead), audio], 1)
-    elif lead < 0:
-        audio = audio[:, -lead:]
-    return DecodedVideo(torch.from_numpy(np.stack(frames)), float(rate), audio, sample_rate)
+    audio, sample_rate = read_audio(path, video_start)
+    return DecodedVideo(torch.from_numpy(np.stack(frames)), rate, audio, sample_rate)
 
 
 def to_mono(audio: torch.Tensor, orig_rate: int, target_rate: int) -> torch.Tensor:
@@ -99,6 +141,15 @@ def to_mono(audio: torch.Tensor, orig_rate: int, target_rate: int) -> torch.Tens
     if orig_rate != target_rate:
         mono = torchaudio.functional.resample(mono, orig_rate, target_rate)
     return mono
+
+
+def box_pixels(box: tuple[float, float, float, float], frame_h: int, frame_w: int) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) pixels of a (top, left, height, width) fractional box."""
+    top, left, height, width = box
+    if not (0 <= top < 1 and 0 <= left < 1 and 0 < height <= 1 - top + 1e-9 and 0 < width <= 1 - left + 1e-9):
+        raise ValueError(f"mouth box {box} must be fractions (top, left, height, width) inside the frame")
+    y0, x0 = round(top * frame_h), round(left * frame_w)
+    return y0, x0, max(y0 + 1, round((top + height) * frame_h)), max(x0 + 1, round((left + width) * frame_w))
 
 
 def crop_mouth(frames: torch.Tensor, box: tuple[float, float, float, float] = DEFAULT_MOUTH_BOX,
@@ -113,12 +164,7 @@ def crop_mouth(frames: torch.Tensor, box: tuple[float, float, float, float] = DE
     Returns:
         uint8 (T, size[0], size[1]).
     """
-    top, left, height, width = box
-    if not (0 <= top < 1 and 0 <= left < 1 and 0 < height <= 1 - top + 1e-9 and 0 < width <= 1 - left + 1e-9):
-        raise ValueError(f"mouth box {box} must be fractions (top, left, height, width) inside the frame")
-    frame_h, frame_w = frames.shape[-2:]
-    y0, x0 = round(top * frame_h), round(left * frame_w)
-    y1, x1 = max(y0 + 1, round((top + height) * frame_h)), max(x0 + 1, round((left + width) * frame_w))
+    y0, x0, y1, x1 = box_pixels(box, frames.shape[-2], frames.shape[-1])
     region = frames[:, y0:y1, x0:x1].float()[:, None]  # (T, 1, h, w)
     resized = F.interpolate(region, size=size, mode="area")  # (T, 1, H', W')
     return resized[:, 0].round().clamp(0, 255).to(torch.uint8)
@@ -152,19 +198,68 @@ def log_mel_frames(waveform: torch.Tensor, sample_rate: int, fps: float, num_fra
     return feats[:steps].contiguous()
 
 
+def resample_indices(num_frames: int, fps: float, target_fps: float) -> torch.Tensor:
+    """Source frame shown at each frame of a ``target_fps`` grid (nearest in time): (T',) LongTensor."""
+    count = max(1, int(num_frames * target_fps / fps + 1e-6))
+    times = torch.arange(count, dtype=torch.float64) / target_fps
+    return torch.round(times * fps).long().clamp(max=num_frames - 1)
+
+
+MOUTH_MODES = ("track", "box")
+
+
 def load_sync_clip(path: str | Path, sample_rate: int = 16000, n_mels: int = 40, subframes: int = 4,
                    box: tuple[float, float, float, float] = DEFAULT_MOUTH_BOX,
-                   crop_size: tuple[int, int] = (32, 32)) -> dict[str, torch.Tensor | float]:
-    """Decodes a talking-face file into the sync model's inputs.
+                   crop_size: tuple[int, int] = (32, 32), mouth: str = "box", tracker: TrackerConfig | None = None,
+                   fps: float | None = None) -> dict:
+    """Decodes a talking-face file into the sync model's inputs, streaming its frames.
+
+    Args:
+        mouth: "track" (face detector + tracker, :mod:`fusion.data.face_track`; two decoding passes) or "box"
+            (the fixed fractional ``box``, for pre-cropped or GRID-framed video).
+        tracker: tracker settings (mouth=track).
+        fps: frame rate to put the clip on (nearest source frame per target frame; None = the file's rate).
 
     Returns:
-        {"mouth": uint8 (T, h, w), "audio": float (T * subframes, n_mels), "fps": float}.
+        {"mouth": uint8 (T, h, w), "audio": float (T * subframes, n_mels), "fps": float, "source_fps": float,
+        "face": float (T,) face confidence (ones for mouth=box)}.
+
+    Raises:
+        NoFaceError: mouth=track and no face in any checked frame (names the file).
     """
-    decoded = read_video(path)
-    mono = to_mono(decoded.audio, decoded.sample_rate, sample_rate)
-    num_frames = decoded.frames.shape[0]
+    if mouth not in MOUTH_MODES:
+        raise ConfigError(f"data.mouth must be one of {MOUTH_MODES}, got {mouth!r}")
+    path = Path(path)
+    source_fps = video_rate(path)
+    track = None
+    if mouth == "track":
+        tracking = FaceTracker(tracker)
+        for frame, _ in iter_gray_frames(path):
+            tracking.add(frame)
+        track = tracking.finish(str(path))
+        boxes = mouth_boxes(track, tracking.config.mouth_in_face)
+    crops, video_start = [], None
+    for index, (frame, time) in enumerate(iter_gray_frames(path)):
+        if video_start is None and time is not None:
+            video_start = time
+        if track is None:
+            crops.append(crop_mouth(torch.from_numpy(frame)[None], box, crop_size)[0].numpy())
+        else:
+            crops.append(crop_box(frame, boxes[min(index, len(boxes) - 1)], crop_size))
+    if not crops:
+        raise ConfigError(f"video file '{path}' has no decodable video frames")
+    frames = torch.from_numpy(np.stack(crops))  # (T, h, w)
+    face = torch.ones(frames.shape[0]) if track is None else torch.from_numpy(track.confidence[:frames.shape[0]]).float()
+    rate = source_fps
+    if fps is not None and abs(fps - source_fps) > 1e-3:
+        index = resample_indices(frames.shape[0], source_fps, fps)
+        frames, face, rate = frames[index], face[index], float(fps)
+    audio, audio_rate = read_audio(path, video_start)
+    mono = to_mono(audio, audio_rate, sample_rate)
     return {
-        "mouth": crop_mouth(decoded.frames, box, crop_size),
-        "audio": log_mel_frames(mono, sample_rate, decoded.fps, num_frames, n_mels, subframes),
-        "fps": decoded.fps,
+        "mouth": frames,
+        "audio": log_mel_frames(mono, sample_rate, rate, frames.shape[0], n_mels, subframes),
+        "fps": rate,
+        "source_fps": source_fps,
+        "face": face,
     }
