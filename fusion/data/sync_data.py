@@ -1,6 +1,7 @@
 """LightningDataModule for audio-video sync: a folder of in-sync talking-face videos with injected offsets.
 
-Every file is decoded once (mouth crops + log-mel at the video rate) and cached under ``cache_dir``. Training
+Every file is decoded once (mouth crops, tracked or cut with a fixed box, + log-mel at the video rate) and cached
+under ``cache_dir`` (the key holds every decoding and tracking setting). Training
 windows get a fresh random offset (constant, or a linear drift) each time they are drawn; validation and test
 windows are drawn once from ``eval_seed``, so evaluation is deterministic.
 """
@@ -11,6 +12,7 @@ import csv
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.progress import logged
-from fusion.data.video_io import DEFAULT_MOUTH_BOX, load_sync_clip
+from fusion.data.face_track import TrackerConfig
+from fusion.data.sync_augment import SyncAugment
+from fusion.data.video_io import DEFAULT_MOUTH_BOX, MOUTH_MODES, load_sync_clip
 from fusion.errors import ConfigError, MissingFileError
 from fusion.files import atomic_write, fusion_home
 from fusion.temporal.offsets import (
@@ -54,10 +58,12 @@ class RandomOffsetWindows(Dataset):
     """Training windows: each access draws an offset path and a valid window start."""
 
     def __init__(self, clips: list[dict], window: int, max_offset: int, subframes: int, drift_fraction: float,
-                 min_drift: float, max_drift: float, flip: bool = True) -> None:
+                 min_drift: float, max_drift: float, augment: SyncAugment | None = None, sample_rate: int = 16000,
+                 fps: float = 25.0) -> None:
         self.clips, self.window, self.max_offset, self.subframes = clips, window, max_offset, subframes
         self.drift_fraction, self.min_drift, self.max_drift = drift_fraction, min_drift, max_drift
-        self.flip = flip
+        self.augment = augment or SyncAugment.of(False)
+        self.sample_rate, self.step_s = sample_rate, 1.0 / (fps * subframes)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -69,8 +75,10 @@ class RandomOffsetWindows(Dataset):
         lo, hi = valid_window_starts(clip["mouth"].shape[0], self.window, offsets, self.subframes)
         start = int(torch.randint(lo, hi + 1, ()))
         item = window_item(clip, offsets, start, self.max_offset, self.subframes, drift, index)
-        if self.flip and bool(torch.rand(()) < 0.5):
-            item["video"] = item["video"].flip(-1)  # mirrored face: same timing
+        item["video"] = self.augment.video(item["video"])  # (W, h, w), same timing
+        steps = item["audio"].shape[0]
+        audio = self.augment.audio(item["audio"].reshape(steps * self.subframes, -1), self.sample_rate, self.step_s)
+        item["audio"] = audio.reshape(steps, -1)  # (W, S*F)
         return item
 
 
@@ -122,22 +130,29 @@ class SyncDataModule(L.LightningDataModule):
         n_mels: mel bands.
         subframes: audio feature steps per video frame.
         crop_size: side of the square mouth crop.
-        mouth_box: (top, left, height, width) of the crop as fractions of the frame.
+        mouth: "track" (face detector + tracker) or "box" (the fixed ``mouth_box``, for pre-cropped video).
+        mouth_box: (top, left, height, width) of the crop as fractions of the frame (mouth=box).
+        tracker: TrackerConfig fields (mouth=track), e.g. {"detect_every": 3}.
         on_error: raise | skip (skipped files are listed in <run folder>/skipped_videos.csv).
-        augment: randomly mirror the training mouth crops left-right.
+        augment: SyncAugment fields of the training windows (true: its defaults, false: none).
         max_clips: use only the first N files of the sorted list (null = all).
+        test_names: regular expression; clips whose name matches it form the test set (num_test is then
+            ignored) and never reach training or validation, e.g. "^[ps]" holds out two GRID sentence types.
     """
 
     def __init__(self, video_dir: str, cache_dir: str | None = None, num_test: int = 50, num_val: int = 10,
                  split_seed: int = 0, max_offset: int = 15, window: int = 44, drift_fraction: float = 0.5,
                  min_drift: float = 3.0, max_drift: float = 10.0, eval_seed: int = 0, eval_repeats: int = 4,
                  batch_size: int = 16, num_workers: int = 0, sample_rate: int = 16000, n_mels: int = 40,
-                 subframes: int = 4, crop_size: int = 32,
+                 subframes: int = 4, crop_size: int = 32, mouth: str = "track",
                  mouth_box: tuple[float, float, float, float] | list[float] = DEFAULT_MOUTH_BOX,
-                 on_error: str = "raise", augment: bool = True, max_clips: int | None = None) -> None:
+                 tracker: dict | None = None, on_error: str = "raise", augment: dict | bool = True,
+                 max_clips: int | None = None, test_names: str | None = None) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        if mouth not in MOUTH_MODES:
+            raise ConfigError(f"data.mouth must be one of {MOUTH_MODES}, got {mouth!r}")
         if max_offset < 1 or window < 2:
             raise ConfigError(f"data.max_offset ({max_offset}) must be >= 1 and data.window ({window}) >= 2")
         self.video_dir = Path(video_dir).expanduser() if video_dir else None
@@ -147,9 +162,13 @@ class SyncDataModule(L.LightningDataModule):
         self.drift_fraction, self.min_drift, self.max_drift = drift_fraction, min_drift, max_drift
         self.eval_seed, self.eval_repeats = eval_seed, eval_repeats
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.tracker = TrackerConfig(**dict(tracker or {}))
         self.features = {"sample_rate": sample_rate, "n_mels": n_mels, "subframes": subframes,
-                         "crop_size": crop_size, "mouth_box": [float(x) for x in mouth_box]}
-        self.on_error, self.max_clips, self.augment = on_error, max_clips, augment
+                         "crop_size": crop_size, "mouth": mouth, "mouth_box": [float(x) for x in mouth_box]}
+        if mouth == "track":
+            self.features["tracker"] = self.tracker.key()
+        self.on_error, self.max_clips, self.augment = on_error, max_clips, SyncAugment.of(augment)
+        self.test_names = re.compile(test_names) if test_names else None
         self.splits: dict[str, list[dict]] = {}
         self.fps: float | None = None
 
@@ -185,12 +204,12 @@ class SyncDataModule(L.LightningDataModule):
         for path in logged(files, "videos", log):
             try:
                 clip = load_sync_clip(path, f["sample_rate"], f["n_mels"], f["subframes"], tuple(f["mouth_box"]),
-                                      (f["crop_size"], f["crop_size"]))
+                                      (f["crop_size"], f["crop_size"]), f["mouth"], self.tracker)
             except (ValueError, FileNotFoundError, RuntimeError) as err:
                 problems.append((str(path), str(err)))
                 continue
             clips.append({"name": path.stem, "path": str(path), "mouth": clip["mouth"],
-                          "audio": clip["audio"].half(), "fps": clip["fps"]})
+                          "audio": clip["audio"].half(), "fps": clip["fps"], "face": clip["face"].half()})
         with atomic_write(cache, "wb") as f:
             torch.save({"clips": clips, "problems": problems}, f)
         return clips, problems
@@ -222,15 +241,24 @@ class SyncDataModule(L.LightningDataModule):
                 writer = csv.writer(out)
                 writer.writerow(["file", "problem"])
                 writer.writerows(problems)
-        if len(usable) <= self.num_test + self.num_val:
+        if self.test_names is None and len(usable) <= self.num_test + self.num_val:
             raise ConfigError(f"{len(usable)} usable videos in '{self.video_dir}' leave none for training "
                              f"(data.num_test={self.num_test}, data.num_val={self.num_val})")
         for clip in usable:
             clip["audio"] = clip["audio"].float()
         order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        test = sorted(order[: self.num_test])
-        val = sorted(order[self.num_test: self.num_test + self.num_val])
-        train = sorted(order[self.num_test + self.num_val:])
+        if self.test_names is not None:
+            held = [i for i in order if self.test_names.search(usable[i]["name"])]
+            rest = [i for i in order if not self.test_names.search(usable[i]["name"])]
+            if not held or len(rest) <= self.num_val:
+                raise ConfigError(f"data.test_names={self.test_names.pattern!r} matches {len(held)} of {len(usable)} "
+                                  f"clips in '{self.video_dir}': the test set and the training set must both be non-empty")
+            order, num_test = held + rest, len(held)
+        else:
+            num_test = self.num_test
+        test = sorted(order[:num_test])
+        val = sorted(order[num_test: num_test + self.num_val])
+        train = sorted(order[num_test + self.num_val:])
         self.splits = {name: [usable[i] for i in idx] for name, idx in (("train", train), ("val", val), ("test", test))}
         self.fps = float(rates[0])
 
@@ -256,7 +284,8 @@ class SyncDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = RandomOffsetWindows(self.splits["train"], self.window, self.max_offset, self.features["subframes"],
-                                   self.drift_fraction, self.min_drift, self.max_drift, self.augment)
+                                   self.drift_fraction, self.min_drift, self.max_drift, self.augment,
+                                   self.features["sample_rate"], self.fps)
         return DataLoader(data, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
                           drop_last=len(data) > self.batch_size, persistent_workers=self.num_workers > 0)
 

@@ -12,7 +12,7 @@ from fusion.temporal.metrics import offset_errors, sync_report
 from tests.helpers.clips import write_clip
 
 SETTINGS = dict(num_test=2, num_val=1, max_offset=3, window=12, eval_repeats=2, batch_size=4, n_mels=8,
-                crop_size=8, mouth_box=(0.5, 0.25, 0.4, 0.5))
+                crop_size=8, mouth="box", mouth_box=(0.5, 0.25, 0.4, 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,17 @@ def test_evaluate_sync_is_deterministic_and_writes_metrics(video_dir, tmp_path):
     assert second == first
     with pytest.raises(ValueError, match="differ from the checkpoint"):
         evaluate_sync(cfg | {"data": cfg["data"] | {"n_mels": 10}, "out_dir": str(tmp_path / "x")})
+
+
+def test_named_test_clips_stay_out_of_training_and_tracking_settings_key_the_cache(video_dir, tmp_path):
+    dm = make_module(video_dir, tmp_path / "cache", test_names="clip[01]$", num_val=1)
+    dm.prepare(None)
+    assert sorted(dm.spec["test_clips"]) == ["clip0", "clip1"]
+    trained = {c["name"] for c in dm.splits["train"] + dm.splits["val"]}
+    assert trained.isdisjoint({"clip0", "clip1"}) and len(trained) == 4
+    with pytest.raises(ValueError, match="test_names"):
+        make_module(video_dir, tmp_path / "cache", test_names="nothing").prepare(None)
+    files = dm.list_files()
+    track = make_module(video_dir, tmp_path / "cache", mouth="track")
+    other = make_module(video_dir, tmp_path / "cache", mouth="track", tracker={"detect_every": 5})
+    assert len({dm._cache_path(files), track._cache_path(files), other._cache_path(files)}) == 3
