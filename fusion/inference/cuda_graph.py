@@ -1,0 +1,147 @@
+"""Batch-1 inference without the launcher: the whole forward pass of a FusionModel replayed as one CUDA graph.
+
+A small fusion model does ~30 MFLOPs per sample; eagerly, the GPU waits on a few hundred kernel launches and on
+Python. `GraphedModel` captures `forward_with_details` once per (batch size, modalities given) into a
+`torch.cuda.CUDAGraph` with static input buffers, and a call is then: copy the inputs into the buffers, one
+`graph.replay()`, read the outputs. The presence masks are inputs like the others, so one graph per batch size
+serves every subset of present modalities (an absent modality's values are ignored, as in training). The
+forward pass has no host reads of tensor values while a
+graph is captured (fusion/fusions/gating.py: `host_checks_allowed`), so the mask check is done here, on the
+host copy of the mask, before the replay.
+
+``autocast_dtype=torch.bfloat16`` captures the pass under bf16 autocast; ``compile=True`` captures the
+torch.compile'd (Inductor) forward, whose fused kernels are fewer than the eager ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class Outputs(nn.Module):
+    """`FusionModel` as `batch -> (logits (B, K), {"<stage>/<modality>": gate weights (B,)})` (plain tensors, so
+    torch.compile and CUDA graphs see no dataclass)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        result = self.model.forward_with_details(batch)
+        return result.logits, dict(result.gate_weights)
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict  # static batch dict (same nesting as a batch)
+    logits: torch.Tensor  # (B, K) static output
+    gates: dict[str, torch.Tensor]  # (B,) static outputs
+
+
+def _copy_into(static: object, value: object) -> None:
+    if isinstance(static, dict):
+        for key, item in value.items():
+            _copy_into(static[key], item)
+    else:
+        static.copy_(value, non_blocking=True)
+
+
+def _check_masks(mask: dict[str, torch.Tensor], given: tuple[str, ...]) -> None:
+    """The eager model's error for a row with no present modality, read from CPU masks only (a GPU mask would
+    need a host synchronisation: such a caller checks its rows itself, as for the ONNX graph)."""
+    cpu = [mask[m] for m in given if m in mask and mask[m].device.type == "cpu"]
+    if len(cpu) == len(given) and cpu and not bool(torch.stack([m.bool() for m in cpu], 1).any(1).all()):
+        raise ValueError("every sample needs at least one present modality; got a sample with none")
+
+
+class GraphedModel:
+    """`model(batch) -> logits (B, K)` by CUDA-graph replay; `forward_with_details` also gives the gate weights.
+
+    Args:
+        model: a FusionModel on a CUDA device (put in eval mode here).
+        autocast_dtype: None (fp32) or e.g. torch.bfloat16: the captured pass runs under autocast; logits are
+            returned as float32.
+        compile: capture the torch.compile'd forward (Inductor's fused kernels; one compilation per batch size).
+        warmup: eager calls on a side stream before each capture (cuDNN / cuBLAS set-up, compile).
+
+    Returned tensors are copies, valid after the next call. Graphs share one memory pool.
+    """
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None, compile: bool = False,
+                 warmup: int = 3):
+        self.device = next(model.parameters()).device
+        if self.device.type != "cuda":
+            raise ValueError(f"GraphedModel needs a model on a CUDA device, got one on '{self.device}'")
+        if warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (cuBLAS/cuDNN set-up must happen before capture), got {warmup}")
+        self.model = model.eval()
+        self.modalities = list(model.modalities)
+        self.autocast_dtype = autocast_dtype
+        self.warmup = warmup
+        outputs = Outputs(self.model)
+        self.forward_fn = torch.compile(outputs, dynamic=False) if compile else outputs
+        self.graphs: dict[tuple, _Captured] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def _run(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.autocast_dtype is None:
+            return self.forward_fn(batch)
+        with torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False):  # no cache under capture
+            logits, gates = self.forward_fn(batch)
+        return logits.float(), {k: v.float() for k, v in gates.items()}
+
+    def _static_batch(self, batch: dict, given: tuple[str, ...], size: int) -> dict:
+        """Zeroed device buffers shaped like `batch` (every modality of the model, plus the masks)."""
+        static = {}
+        for m in given:
+            value = batch[m]
+            static[m] = ({k: torch.zeros_like(v, device=self.device) for k, v in value.items()}
+                         if isinstance(value, dict) else torch.zeros_like(value, device=self.device))
+        missing = [m for m in self.modalities if m not in given]
+        if missing:
+            raise ValueError(f"GraphedModel: the batch has no input for {missing}; give a placeholder tensor with "
+                             "mask False for a missing modality (its values are ignored)")
+        static["mask"] = {m: torch.zeros(size, dtype=torch.bool, device=self.device) for m in self.modalities}
+        return static
+
+    def _capture(self, batch: dict, key: tuple) -> _Captured:
+        given, size = key[1], key[0]
+        static = self._static_batch(batch, given, size)
+        _copy_into(static, {m: batch[m] for m in given} | {"mask": {m: batch["mask"][m] for m in given}})
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self._run(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph, pool=self.pool):
+            logits, gates = self._run(static)
+        return _Captured(graph, static, logits, gates)
+
+    def forward_with_details(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Batch dict (tensors on any device) -> (logits (B, K), gate weights (B,) by name), fresh tensors."""
+        captured = self._replay(batch)
+        return captured.logits.clone(), {k: v.clone() for k, v in captured.gates.items()}
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        """Batch dict -> logits (B, K) (a fresh tensor)."""
+        return self._replay(batch).logits.clone()
+
+    def _replay(self, batch: dict) -> _Captured:
+        given = tuple(m for m in self.modalities if m in batch)
+        first = batch[given[0]]
+        size = int((first["input_ids"] if isinstance(first, dict) else first).shape[0])
+        _check_masks(batch["mask"], given)
+        key = (size, given)
+        captured = self.graphs.get(key)
+        if captured is None:
+            captured = self.graphs[key] = self._capture(batch, key)
+        else:
+            _copy_into(captured.inputs, {m: batch[m] for m in given} | {"mask": {m: batch["mask"][m] for m in given}})
+        captured.graph.replay()
+        return captured
