@@ -1,0 +1,483 @@
+"""GPU latency, throughput and training-step suite on MNIST + FSDD (speaker theo unseen), one process, one card.
+
+Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 /
+p95 of fp32 eager, bf16 autocast eager, the CUDA-graph replay in fp32 and bf16 (fusion/inference/cuda_graph.py)
+and, with --compile, the graph of the torch.compile'd forward; throughput at --throughput-batch; test accuracy of
+every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
+
+Training, default progressive recipe, batch 64, the batches already on the GPU, the same initial weights and
+batch order for every mode: the former eager loop (boolean-indexed loss, `bool()` checks, default AdamW), the
+sync-free eager step (fusion/tasks/train_step.py) and the whole step as one CUDA graph (and torch.compile with
+--compile): samples/s, and from torch.profiler kernel launches, host synchronisations and copies per step and
+the GPU busy fraction (union of kernel time / wall time), then test accuracy after the same epochs.
+
+    python benchmarks/latency/gpu_suite.py --data ../shared/data --out /tmp/gpu_suite
+    python benchmarks/latency/gpu_suite.py --data ../shared/data --out /tmp/cpu_check --device cpu --tiny
+
+Writes OUT/gpu_suite.json and OUT/gpu_suite.md. Needs torch, torchvision, torchaudio, lightning, hydra and the
+repository; no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from fusion.data.batches import concat_batches, slice_batch, take_batch, to_device  # noqa: E402
+from fusion.eval.latency import measure_latency, measure_throughput, synchronize  # noqa: E402
+from fusion.tasks.classify import classification_loss  # noqa: E402
+from fusion.tasks.train_step import TrainStep, make_adamw  # noqa: E402
+
+KINDS = ("early", "late", "progressive")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def load_data(data: Path, out: Path, tiny: bool) -> tuple[dict, dict, dict, object]:
+    """(train, test) batch dicts on the CPU, the data spec and the composed progressive config."""
+    from hydra.utils import instantiate
+
+    from fusion.commands.app import compose_config
+    from fusion.data.pair_digits import build
+
+    manifest = out / "data" / "manifest.csv"
+    counts = build(images=data / "mnist", audio=data / "fsdd" / "recordings", out=manifest, test_speaker="theo",
+                   images_per_recording=1 if tiny else 2)
+    log(f"manifest {manifest}: {counts}")
+    if tiny:  # a few rows per split: the run only proves the code path
+        import csv
+
+        rows = list(csv.DictReader(open(manifest)))
+        keep = [r for s in ("train", "test") for r in [x for x in rows if x["split"] == s][:: max(1, len(rows) // 400)]]
+        with open(manifest, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(keep)
+    cfg = compose_config("config", ["recipe=progressive", f"data.manifest={manifest}", "data.modalities=[image,audio]",
+                                    "data.augment=false", f"data.cache_dir={out / 'data' / 'cache'}",
+                                    "data.num_workers=0" if tiny else "data.num_workers=null"])
+    start = time.perf_counter()
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    train = concat_batches(list(datamodule.train_dataloader()))
+    test = concat_batches(list(datamodule.test_dataloader()))
+    log(f"decoded {len(train['label'])} train / {len(test['label'])} test rows in {time.perf_counter() - start:.1f} s")
+    return train, test, datamodule.spec, cfg
+
+
+def build_model(kind: str, spec: dict, seed: int) -> tuple[torch.nn.Module, dict]:
+    """The recipe's FusionModel (fresh weights from `seed`) and the task's hyper-parameters."""
+    from hydra.utils import instantiate
+
+    from fusion.commands.app import compose_config
+
+    cfg = compose_config("config", [f"recipe={kind}"])
+    torch.manual_seed(seed)
+    task = instantiate(cfg.model, data_spec=spec, _recursive_=False, _convert_="all")
+    return task.model, dict(task.hparams)
+
+
+# ------------------------------------------------------------------------------------------------- training
+
+
+def legacy_loss(result, batch: dict, smoothing: float, unimodal_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classification loss as the task computed it before: `bool()` per modality and boolean indexing
+    (each a host synchronisation)."""
+    labels = batch["label"]
+    loss = F.cross_entropy(result.logits, labels, label_smoothing=smoothing)
+    terms = []
+    for m, logits in result.unimodal_logits.items():
+        present = result.mask[m]
+        if bool(present.any()):
+            terms.append(F.cross_entropy(logits[present], labels[present], label_smoothing=smoothing))
+    total = loss + result.aux_loss
+    if terms and unimodal_weight:
+        total = total + unimodal_weight * torch.stack(terms).mean()
+    return total, loss
+
+
+class LegacyStep:
+    """The plain loop before: forward, loss, backward, default AdamW (loss and accuracy summed on the device)."""
+
+    def __init__(self, model, hparams: dict, device: torch.device):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=hparams["lr"], weight_decay=hparams["weight_decay"])
+        self.loss = partial(legacy_loss, smoothing=hparams["label_smoothing"],
+                            unimodal_weight=hparams["unimodal_loss_weight"])
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def step(self, batch: dict) -> None:
+        self.model.train()
+        self.optimizer.zero_grad()
+        result = self.model.forward_with_details(batch)
+        total, loss = self.loss(result, batch)
+        total.backward()
+        self.optimizer.step()
+        n = batch["label"].shape[0]
+        self.sums += torch.stack([loss.detach().double() * n, (result.logits.argmax(1) == batch["label"]).sum().double(),
+                                  torch.full((), n, dtype=torch.float64, device=self.sums.device)])
+
+
+def schedule(optimizer, total_steps: int, warmup_steps: int):
+    """The task's schedule: linear warm-up, then cosine decay, stepped per optimizer step."""
+    warmup = max(1, min(total_steps - 1, warmup_steps))
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer, [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.05, total_iters=warmup),
+                    torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup))],
+        milestones=[warmup])
+
+
+def epoch_batches(train: dict, batch_size: int, epoch: int, seed: int) -> list[dict]:
+    """Shuffled full batches (the last partial one dropped, as every mode sees the same steps)."""
+    n = int(train["label"].shape[0])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch), device="cpu")
+    def pick(value):
+        if isinstance(value, dict):
+            return {k: pick(v) for k, v in value.items()}
+        return value[order.to(value.device)]
+
+    shuffled = pick(train)
+    return [slice_batch(shuffled, i, i + batch_size) for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def profile_steps(step_fn, batches: list[dict], device: torch.device) -> dict:
+    """Kernel launches, host syncs / copies per step and the GPU busy fraction over `batches` (profiler)."""
+    if device.type != "cuda" or not batches:
+        return {"note": "profiler counts are taken on CUDA only"} if device.type != "cuda" else {}
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for batch in batches:
+            step_fn(batch)
+        synchronize(device)
+        wall_us = (time.perf_counter() - start) * 1e6
+    launches = syncs = copies = graph_launches = 0
+    intervals = []
+    kernels = 0
+    for event in prof.events():
+        name = event.name
+        if event.device_type == DeviceType.CUDA:
+            if not name.startswith(("Memcpy", "Memset")):
+                kernels += 1
+            intervals.append((event.time_range.start, event.time_range.end))
+            continue
+        if name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
+            launches += 1
+        elif name == "cudaGraphLaunch":
+            graph_launches += 1
+        elif name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"):
+            syncs += 1
+        elif name in ("cudaMemcpy", "cudaMemcpyAsync"):
+            copies += 1
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        busy += b - max(a, end)
+        end = b
+    steps = len(batches)
+    return {"steps": steps, "kernel_launch_calls_per_step": launches / steps,
+            "graph_launches_per_step": graph_launches / steps, "gpu_kernels_per_step": kernels / steps,
+            "host_syncs_per_step": max(0, syncs - 1) / steps,  # minus the one closing the profiled region
+            "memcpy_calls_per_step": copies / steps, "gpu_busy_fraction": busy / wall_us,
+            "gpu_busy_ms_per_step": busy / steps / 1000, "wall_ms_per_step": wall_us / steps / 1000}
+
+
+@torch.no_grad()
+def evaluate(model, test: dict, device: torch.device, batch_size: int = 1024) -> float:
+    model.eval()
+    correct = 0
+    n = int(test["label"].shape[0])
+    for i in range(0, n, batch_size):
+        batch = to_device(slice_batch(test, i, i + batch_size), device)
+        correct += int((model(batch).argmax(1) == batch["label"]).sum())
+    return correct / n
+
+
+def train_mode(mode: str, init_model, hparams: dict, train: dict, test: dict, device: torch.device, epochs: int,
+               batch_size: int, seed: int, profile_n: int) -> tuple[dict, torch.nn.Module]:
+    """Trains a copy of `init_model` for `epochs` in `mode`; throughput over the steps after the first epoch's
+    warm-up, a profile of `profile_n` steps, test accuracy."""
+    model = copy.deepcopy(init_model).to(device)
+    train_dev = to_device(train, device)
+    steps_per_epoch = int(train["label"].shape[0]) // batch_size
+    total = steps_per_epoch * epochs
+    torch.manual_seed(seed)
+    if mode == "before":
+        runner = LegacyStep(model, hparams, device)
+        optimizer = runner.optimizer
+    else:
+        optimizer = make_adamw(model.parameters(), hparams["lr"], hparams["weight_decay"], device)
+        loss_fn = lambda result, batch: classification_loss(  # noqa: E731
+            result, batch["label"], result.mask, hparams["label_smoothing"], hparams["unimodal_loss_weight"])
+        runner = TrainStep(model, optimizer, loss_fn, mode=mode)
+    sched = schedule(optimizer, total, int(hparams["warmup_epochs"] * steps_per_epoch))
+
+    def one(batch):
+        runner.step(batch)
+        sched.step()
+
+    timed_steps, timed_s, first_epoch_s = 0, 0.0, None
+    for epoch in range(epochs):
+        batches = epoch_batches(train_dev, batch_size, epoch, seed)
+        synchronize(device)
+        start = time.perf_counter()
+        for batch in batches:
+            one(batch)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        if epoch == 0:
+            first_epoch_s = seconds
+        else:
+            timed_steps, timed_s = timed_steps + len(batches), timed_s + seconds
+    if timed_steps == 0:  # one epoch only: time it, warm-up and capture included
+        timed_steps, timed_s = steps_per_epoch, first_epoch_s
+    # the profile: more steps on the trained weights (continuing the run; the accuracy below is read before)
+    acc = evaluate(model, test, device)
+    profile = profile_steps(one, epoch_batches(train_dev, batch_size, epochs, seed)[:profile_n], device)
+    row = {"mode": mode, "epochs": epochs, "batch_size": batch_size, "steps": total,
+           "samples_per_s": timed_steps * batch_size / timed_s, "ms_per_step": 1000 * timed_s / timed_steps,
+           "first_epoch_s": first_epoch_s, "test_acc": acc, **profile}
+    log(f"  train {mode}: {row['samples_per_s']:.0f} samples/s ({row['ms_per_step']:.2f} ms/step), test acc "
+        f"{100 * acc:.2f} %, busy {row.get('gpu_busy_fraction', float('nan')):.2f}, launches/step "
+        f"{row.get('kernel_launch_calls_per_step', float('nan')):.0f}, syncs/step {row.get('host_syncs_per_step', float('nan')):.1f}")
+    return row, model
+
+
+# ------------------------------------------------------------------------------------------------ inference
+
+
+def variants_for(model, device: torch.device, compile_: bool) -> dict:
+    """name -> batch -> logits (float32)."""
+    from fusion.inference.cuda_graph import GraphedModel
+
+    model = model.eval()
+
+    def eager(batch):
+        with torch.inference_mode():
+            return model(batch)
+
+    def bf16(batch):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(batch).float()
+
+    out = {"fp32": eager, "bf16": bf16}
+    if device.type == "cuda":
+        out["graph_fp32"] = GraphedModel(model)
+        out["graph_bf16"] = GraphedModel(model, autocast_dtype=torch.bfloat16)
+        if compile_:
+            out["compile_graph_fp32"] = GraphedModel(model, compile=True)
+            out["compile_graph_bf16"] = GraphedModel(model, autocast_dtype=torch.bfloat16, compile=True)
+    return out
+
+
+def predict_all(fn, test: dict, device: torch.device, batch_size: int) -> torch.Tensor:
+    parts = []
+    n = int(test["label"].shape[0])
+    for i in range(0, n, batch_size):
+        parts.append(fn(to_device(slice_batch(test, i, i + batch_size), device)).float().cpu())
+    return torch.cat(parts)
+
+
+def inference_rows(kind: str, model, test: dict, device: torch.device, args, deadline: float, compiled: bool,
+                   reference: torch.Tensor | None) -> tuple[list[dict], torch.Tensor | None]:
+    """Rows of the eager and graph variants (``compiled=False``) or of the compiled ones (batch 1 only: one
+    compilation per batch size), and the fp32 eager logits of the test split (the reference)."""
+    rows = []
+    single = to_device(take_batch(test, 1), device)
+    big = to_device(take_batch(test, args.throughput_batch), device)
+    for name, fn in variants_for(model, device, args.compile).items():
+        if name.startswith("compile") != compiled:
+            continue
+        if compiled and time.perf_counter() > deadline:
+            log(f"  {kind}/{name}: skipped (time budget)")
+            rows.append({"kind": kind, "variant": name, "skipped": "time budget"})
+            continue
+        start = time.perf_counter()
+        logits = predict_all(fn, test, device, 1 if compiled else args.throughput_batch)
+        if reference is None:
+            reference = logits
+        labels = test["label"]
+        lat = measure_latency(lambda f=fn: f(single), device, warmup=args.warmup, iters=args.iters)
+        thr = float("nan") if compiled else measure_throughput(lambda f=fn: f(big), args.throughput_batch, device,
+                                                                warmup=2, iters=args.throughput_iters)
+        row = {"kind": kind, "variant": name, "acc": float((logits.argmax(1) == labels).float().mean()),
+               "same_predictions_as_fp32": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+               "max_abs_logit_diff": float((logits - reference).abs().max()),
+               "p50_ms": lat.p50_ms, "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
+               f"throughput_bs{args.throughput_batch}": thr, "setup_and_eval_s": time.perf_counter() - start}
+        rows.append(row)
+        log(f"  {kind}/{name}: acc {100 * row['acc']:.2f} %, agree {100 * row['same_predictions_as_fp32']:.2f} %, "
+            f"max diff {row['max_abs_logit_diff']:.2e}, p50 {lat.p50_ms:.3f} ms, {thr:.0f} samples/s at "
+            f"{args.throughput_batch}")
+    return rows, reference
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def acceptance(report: dict, args) -> list[dict]:
+    checks = []
+    rows = [r for r in report["inference"] if "p50_ms" in r]
+    for kind in {r["kind"] for r in rows}:
+        mine = {r["variant"]: r for r in rows if r["kind"] == kind}
+        fastest = min(mine.values(), key=lambda r: r["p50_ms"])
+        checks.append({"check": f"{kind}: batch-1 p50 <= 0.5 ms", "value": f"{fastest['p50_ms']:.3f} ms ({fastest['variant']})",
+                       "met": fastest["p50_ms"] <= 0.5})
+        for prefix in ("", "graph_", "compile_graph_"):
+            if f"{prefix}fp32" in mine and f"{prefix}bf16" in mine:
+                a, b = mine[f"{prefix}bf16"]["p50_ms"], mine[f"{prefix}fp32"]["p50_ms"]
+                checks.append({"check": f"{kind}: {prefix}bf16 <= {prefix}fp32", "value": f"{a:.3f} vs {b:.3f} ms",
+                               "met": a <= b})
+        for r in mine.values():
+            tol = 0.995 if "bf16" in r["variant"] else 1.0
+            checks.append({"check": f"{kind}/{r['variant']}: same predictions as fp32 eager (>= {100 * tol:.1f} % of rows)",
+                           "value": f"{100 * r['same_predictions_as_fp32']:.2f} %, max |diff| {r['max_abs_logit_diff']:.2e}",
+                           "met": r["same_predictions_as_fp32"] >= tol})
+    train = {r["mode"]: r for r in report["training"]}
+    if "before" in train and "graph" in train:
+        before, after = train["before"], train["graph"]
+        checks.append({"check": "training: GPU busy >= 70 % of a step (graph)",
+                       "value": f"{after.get('gpu_busy_fraction', float('nan')):.2f}",
+                       "met": after.get("gpu_busy_fraction", 0) >= 0.7})
+        checks.append({"check": "training: >= 10x samples/s of the loop before",
+                       "value": f"{after['samples_per_s']:.0f} vs {before['samples_per_s']:.0f} "
+                                f"({after['samples_per_s'] / before['samples_per_s']:.1f}x)",
+                       "met": after["samples_per_s"] >= 10 * before["samples_per_s"]})
+        checks.append({"check": "training: same test accuracy after the same epochs (within 1 point)",
+                       "value": f"{100 * after['test_acc']:.2f} vs {100 * before['test_acc']:.2f} %",
+                       "met": after["test_acc"] >= before["test_acc"] - 0.01})
+    return checks
+
+
+def markdown(report: dict) -> str:
+    bs = report["settings"]["throughput_batch"]
+    lines = [f"# GPU suite ({report['machine'].get('gpu', report['machine']['device'])})", "",
+             "| kind | variant | acc | same pred. as fp32 | max abs logit diff | p50 / p95 ms | speed-up over fp32 eager | "
+             f"samples/s at {bs} |", "|---|---|---|---|---|---|---|---|"]
+    base = {r["kind"]: r["p50_ms"] for r in report["inference"] if r.get("variant") == "fp32"}
+    for r in report["inference"]:
+        if "p50_ms" not in r:
+            lines.append(f"| {r['kind']} | {r['variant']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {r['kind']} | {r['variant']} | {100 * r['acc']:.2f} % | {100 * r['same_predictions_as_fp32']:.2f} % | "
+                     f"{r['max_abs_logit_diff']:.1e} | {r['p50_ms']:.3f} / {r['p95_ms']:.3f} | "
+                     f"{base[r['kind']] / r['p50_ms']:.1f}x | {r[f'throughput_bs{bs}']:.0f} |".replace("| nan |", "| n/a |"))
+    lines += ["", "| training mode | samples/s | ms/step | GPU busy | kernel launches/step | graph launches/step | "
+              "GPU kernels/step | host syncs/step | memcpy calls/step | test acc |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["training"]:
+        g = lambda k, f="{:.1f}", r=r: f.format(r[k]) if k in r else "n/a"  # noqa: E731
+        lines.append(f"| {r['mode']} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | {g('gpu_busy_fraction', '{:.2f}')} | "
+                     f"{g('kernel_launch_calls_per_step')} | {g('graph_launches_per_step')} | {g('gpu_kernels_per_step')} | "
+                     f"{g('host_syncs_per_step')} | {g('memcpy_calls_per_step')} | {100 * r['test_acc']:.2f} % |")
+    lines += ["", "| acceptance check | value | met |", "|---|---|---|"]
+    lines += [f"| {c['check']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in report["acceptance"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with mnist/ and fsdd/ (as ../shared/data)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a check that the code runs)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="fusion kinds, comma-separated")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of every model and training mode")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--train-modes", default="before,eager,graph", help="before, eager, compile, graph")
+    parser.add_argument("--profile-steps", type=int, default=20, help="training steps under the profiler")
+    parser.add_argument("--iters", type=int, default=500, help="timed batch-1 calls per variant")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed batch-1 calls per variant")
+    parser.add_argument("--throughput-batch", type=int, default=1024, help="batch size of the throughput column")
+    parser.add_argument("--throughput-iters", type=int, default=20, help="timed calls at that batch size")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the CUDA graph of the torch.compile'd forward (about 1 min per model and dtype)")
+    parser.add_argument("--budget-s", type=float, default=420, help="compile variants are skipped past this time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tiny", action="store_true", help="a few rows, 1 epoch, few iterations: a smoke run")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    deadline = started + args.budget_s
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible (use --device cpu for a smoke run)")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise SystemExit(f"--kinds: unknown {unknown}; choose from {list(KINDS)}")
+    modes = [m.strip() for m in args.train_modes.split(",") if m.strip()]
+    if args.tiny:
+        args.epochs, args.iters, args.warmup, args.throughput_iters, args.profile_steps = 1, 10, 3, 2, 3
+        args.throughput_batch = min(args.throughput_batch, 64)
+    if device.type != "cuda":
+        modes = [m for m in modes if m != "graph"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FUSION_HOME", str(args.out / "fusion_home"))
+    torch.backends.cudnn.benchmark = True
+    machine = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+               "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    log(f"machine {machine}")
+
+    train, test, spec, _ = load_data(args.data.resolve(), args.out, args.tiny)
+    report = {"machine": machine, "settings": vars(args) | {"data": str(args.data), "out": str(args.out)},
+              "training": [], "models": [], "inference": []}
+    trained = {}
+    if "progressive" in kinds or modes:
+        init, hparams = build_model("progressive", spec, args.seed)
+        log(f"training comparison, progressive, batch {args.batch_size}, {args.epochs} epochs: {modes}")
+        for mode in modes:
+            row, model = train_mode(mode, init, hparams, train, test, device, args.epochs, args.batch_size, args.seed,
+                                    args.profile_steps)
+            report["training"].append(row)
+            trained_mode = "graph" if device.type == "cuda" else "eager"
+            if mode == trained_mode:
+                trained["progressive"] = model
+    references = {}
+    for kind in kinds:
+        if kind not in trained:
+            init, hparams = build_model(kind, spec, args.seed)
+            mode = "graph" if device.type == "cuda" else "eager"
+            row, trained[kind] = train_mode(mode, init, hparams, train, test, device, args.epochs, args.batch_size,
+                                            args.seed, 0 if device.type != "cuda" else 3)
+            row["kind"] = kind
+            report["models"].append(row)
+        log(f"inference {kind}")
+        rows, references[kind] = inference_rows(kind, trained[kind], test, device, args, deadline, False, None)
+        report["inference"] += rows
+    if args.compile and device.type == "cuda":  # last: the budget cuts these first
+        for kind in sorted(kinds, key=lambda k: k != "progressive"):
+            log(f"inference {kind}, compiled")
+            report["inference"] += inference_rows(kind, trained[kind], test, device, args, deadline, True,
+                                                  references[kind])[0]
+    report["acceptance"] = acceptance(report, args)
+    report["seconds"] = time.perf_counter() - started
+    (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "gpu_suite.md").write_text(markdown(report))
+    print(markdown(report), flush=True)
+    log(f"done in {report['seconds']:.0f} s: {args.out / 'gpu_suite.json'}")
+
+
+if __name__ == "__main__":
+    main()
