@@ -17,8 +17,9 @@ from fusion.fusions.base import stack_mask
 def host_checks_allowed() -> bool:
     """False while a CUDA graph is captured or torch.compile traces: a check that reads a tensor value on the
     host (``bool(t)``) would break the capture (or the compiled graph), so the caller checks its inputs instead."""
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    return not (capturing or torch.compiler.is_compiling())
+    if torch.compiler.is_compiling():  # first: dynamo then never traces the CUDA query below
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def presence(mask: dict[str, torch.Tensor], modalities: list[str], check: bool = True) -> torch.Tensor:

@@ -68,7 +68,7 @@ class GraphedModel:
         compile: capture the torch.compile'd forward (Inductor's fused kernels; one compilation per batch size).
         warmup: eager calls on a side stream before each capture (cuDNN / cuBLAS set-up, compile).
 
-    Returned tensors are copies, valid after the next call. Graphs share one memory pool.
+    Returned tensors are copies, valid after the next call.
     """
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None, compile: bool = False,
@@ -85,7 +85,6 @@ class GraphedModel:
         outputs = Outputs(self.model)
         self.forward_fn = torch.compile(outputs, dynamic=False) if compile else outputs
         self.graphs: dict[tuple, _Captured] = {}
-        self.pool = torch.cuda.graph_pool_handle()
 
     def _run(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.autocast_dtype is None:
@@ -119,7 +118,7 @@ class GraphedModel:
                 self._run(static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, pool=self.pool):
+        with torch.no_grad(), torch.cuda.graph(graph):  # a private pool per graph: replays in any order
             logits, gates = self._run(static)
         return _Captured(graph, static, logits, gates)
 
