@@ -5,7 +5,9 @@
 The data settings come from the run's config.yaml (or the checkpoint's data_spec), overridden by ``data.*``.
 The test split and the injected offsets (constant in [-K, K] and linear drift, ``data.eval_seed``) are fixed,
 so two evaluations of one checkpoint give the same numbers. Writes ``metrics.json`` (offset_mae_ms,
-within_40ms, within_window for constant offsets; drift/*, frame/*, baseline/*) and ``sync_windows.csv``.
+within_40ms, within_window for constant offsets; drift/*, frame/*, baseline/*, and by true offset size
+by_offset/<lo>-<hi>/*), ``sync_windows.csv`` (every window) and ``sync_clips.csv`` (constant-offset error per
+clip, worst first).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from fusion.errors import ConfigError
 from fusion.eval.sync_estimate import load_sync_model
 from fusion.files import atomic_write
 from fusion.temporal.baseline import estimate_offset_xcorr
-from fusion.temporal.metrics import clip_offsets, sync_report
+from fusion.temporal.metrics import clip_offsets, offset_errors, sync_report
 
 log = logging.getLogger(__name__)
 
-SPEC_DATA_KEYS = ("max_offset", "window", "sample_rate", "n_mels", "subframes", "crop_size", "mouth_box")
+SPEC_DATA_KEYS = ("max_offset", "window", "sample_rate", "n_mels", "subframes", "crop_size", "mouth", "mouth_box",
+                  "tracker")
 MODEL_FEATURE_KEYS = ("max_offset", "subframes", "n_mels", "crop_size")
 
 
@@ -66,6 +69,40 @@ def predict_windows(model, loader, device: str, max_offset: int, subframes: int)
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+OFFSET_SIZES = ((0, 3), (4, 7), (8, 11), (12, 15))  # |offset| in frames
+
+
+def clip_breakdown(outputs: dict[str, torch.Tensor], names: list[str], fps: float) -> list[dict]:
+    """Constant-offset error per clip: rows {clip, windows, offset_mae_ms, within_40ms, worst_error_ms}.
+
+    Args:
+        outputs: from :func:`predict_windows` (paths (N, T), truth (N, T), drift (N,), clip (N,)).
+        names: clip names indexed by ``outputs["clip"]``.
+    """
+    constant = ~outputs["drift"].bool()
+    error = (clip_offsets(outputs["paths"]) - outputs["truth"].nanmean(1)).abs() * 1000.0 / fps  # (N,) ms
+    rows = []
+    for index in sorted(set(outputs["clip"][constant].tolist())):
+        pick = constant & (outputs["clip"] == index)
+        rows.append({"clip": names[index], "windows": int(pick.sum()), "offset_mae_ms": round(float(error[pick].mean()), 1),
+                     "within_40ms": round(float((error[pick] <= 1000.0 / fps + 1e-3).float().mean()), 3),
+                     "worst_error_ms": round(float(error[pick].max()), 1)})
+    return rows
+
+
+def offset_size_breakdown(outputs: dict[str, torch.Tensor], fps: float) -> dict[str, float]:
+    """Constant-offset clip estimates grouped by the true |offset|: ``by_offset/<lo>-<hi>/<metric>``."""
+    constant = ~outputs["drift"].bool()
+    truth = outputs["truth"].nanmean(1)  # (N,)
+    estimate = clip_offsets(outputs["paths"])
+    metrics = {}
+    for lo, hi in OFFSET_SIZES:
+        pick = constant & (truth.abs() >= lo) & (truth.abs() <= hi)
+        if pick.any():
+            metrics |= offset_errors(estimate[pick], truth[pick], fps, f"by_offset/{lo:02d}-{hi:02d}/")
+    return metrics
+
+
 def evaluate_sync(cfg) -> dict[str, float]:
     """Evaluates ``cfg.run`` on the test split; writes metrics.json and sync_windows.csv to the output folder.
 
@@ -100,8 +137,14 @@ def evaluate_sync(cfg) -> dict[str, float]:
     outputs = predict_windows(model, datamodule.test_dataloader(), device, max_offset, subframes)
     metrics = sync_report(outputs["paths"], outputs["truth"], outputs["drift"], outputs["baseline"], fps)
     metrics["num_test_clips"] = float(len(datamodule.splits["test"]))
+    metrics |= offset_size_breakdown(outputs, fps)
 
     names = [c["name"] for c in datamodule.splits["test"]]
+    per_clip = clip_breakdown(outputs, names, fps)
+    with open(out_dir / "sync_clips.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(per_clip[0]))
+        writer.writeheader()
+        writer.writerows(sorted(per_clip, key=lambda row: -row["offset_mae_ms"]))
     estimates = clip_offsets(outputs["paths"])
     with open(out_dir / "sync_windows.csv", "w", newline="") as f:
         writer = csv.writer(f)
