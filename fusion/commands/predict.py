@@ -2,7 +2,7 @@
 
 Classification runs write `predictions.csv` (row, pred, prob/<class>, gate/<stage>/<modality>), and with
 `attention_maps=N` (cross-attention runs) `attention/row<k>.png` for the first N rows; sync runs (recipe=sync)
-write `sync_predictions.csv` (file, offset_ms, offset_frames) and one path plot per file.
+write `sync_predictions.csv` (file, offset_ms, offset_frames, confidence, ...) and one path plot per file.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def predict_sync(cfg: DictConfig, predictor, out: Path):
     write_csv(frame, path)
     for row in frame.itertuples():
         late = "audio late" if row.offset_ms > 0 else "audio early" if row.offset_ms < 0 else "in sync"
-        log.info("%s: offset %+.0f ms (%s; %+.1f frames)", row.file, row.offset_ms, late, row.offset_frames)
+        log.info("%s: offset %+.0f ms (%s; %+.1f frames; confidence %.2f)", row.file, row.offset_ms, late,
+                 row.offset_frames, row.confidence)
     log.info("predictions: %s%s", path, f"; path plots in {out / 'sync_paths'}" if cfg.get("plot", True) else "")
     return frame
 

@@ -1,5 +1,5 @@
-"""Offsets of whole video files with a trained sync run: one row per file (file, offset_ms, offset_frames),
-optionally the per-frame path over the emission scores as a PNG per file."""
+"""Offsets of whole video files with a trained sync run: one row per file (file, offset_ms, offset_frames,
+confidence, speech and face frames), optionally the per-frame path over the emission scores as a PNG per file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from fusion.eval.sync_estimate import estimate_file, load_sync_model, plot_path
 from fusion.temporal.sync import SyncModel
 
 log = logging.getLogger(__name__)
+
+COLUMNS = ["file", "offset_ms", "offset_frames", "confidence", "speech_frames", "face_frames", "frames", "fps"]
 
 
 def video_files(videos: str | Path | list) -> list[Path]:
@@ -46,7 +48,7 @@ class SyncPredictor:
         return cls(model, spec, checkpoint.parent, device)
 
     def predict(self, videos: str | Path | list, plot_dir: str | Path | None = None, on_error: str = "raise"):
-        """Clip-wide offset (median of the per-frame Viterbi path) of every video.
+        """Whole-file offset of every video (median of the Viterbi path over speech frames with a face).
 
         Args:
             videos: a video file, a folder of them or a list.
@@ -54,7 +56,9 @@ class SyncPredictor:
             on_error: "raise" or "skip" (an undecodable file is logged and left out).
 
         Returns:
-            A DataFrame with `file`, `offset_ms` (positive: audio late) and `offset_frames`.
+            A DataFrame with `file`, `offset_ms` (positive: audio late), `offset_frames`, `confidence` (share of
+            the speech frames that agree with the estimate within one frame; 0: no speech with a face),
+            `speech_frames`, `face_frames`, `frames` and `fps` (the file's frame rate).
         """
         import pandas as pd
 
@@ -67,8 +71,11 @@ class SyncPredictor:
                     raise
                 log.warning("skipped %s", err)
                 continue
-            rows.append({"file": str(path), "offset_ms": result["offset_ms"], "offset_frames": result["offset_frames"]})
+            rows.append({"file": str(path), "offset_ms": result["offset_ms"], "offset_frames": result["offset_frames"],
+                         "confidence": result["confidence"], "speech_frames": result["speech_frames"],
+                         "face_frames": result["face_frames"], "frames": int(result["path_frames"].shape[0]),
+                         "fps": result["source_fps"]})
             if plot_dir is not None:
                 Path(plot_dir).mkdir(parents=True, exist_ok=True)
                 plot_path(result, self.spec["max_offset"], Path(plot_dir) / f"{path.stem}.png", path.name)
-        return pd.DataFrame(rows, columns=["file", "offset_ms", "offset_frames"])
+        return pd.DataFrame(rows, columns=COLUMNS)
