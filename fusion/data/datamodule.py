@@ -23,7 +23,8 @@ from fusion.data.dataset import AudioBatcher, Collate, ManifestDataset
 from fusion.data.decoder import MediaDecoder
 from fusion.data.disk_cache import DiskCache, default_cache_dir
 from fusion.data.distributed_eval_sampler import with_eval_sampler
-from fusion.data.manifest import SPLITS, ManifestError, ManifestRow, Problem, parse_manifest
+from fusion.data.manifest import SPLITS, ManifestError, Problem, iter_manifest
+from fusion.data.row_table import RowTable
 from fusion.data.tokenizer import build_tokenizer
 from fusion.data.validation import MODES, usable_cpus, validate_media
 from fusion.encoders.preprocessing import (
@@ -172,9 +173,10 @@ class ManifestDataModule(L.LightningDataModule):
     def prepare(self, run_dir: str | Path | None = None) -> None:
         """Parses and validates every row and media file; raises ManifestError or writes a skip report."""
         path = self.manifest_path
-        rows, problems = parse_manifest(path, self.modalities_arg)
-        self.resolve_preprocessing({m for r in rows for m in r.media})
-        if any("video" in row.media for row in rows) or any(problem.column == "video" for problem in problems):
+        rows, problems = iter_manifest(path, self.modalities_arg)
+        rows = RowTable.of(rows)  # flat arrays, not an object per row: bounded memory, shared by the workers
+        self.resolve_preprocessing(set(rows.present()))
+        if "video" in rows.present() or any(problem.column == "video" for problem in problems):
             raise ManifestError(path, [Problem(0, "video", "classification recipes have no video tower: drop the "
                                        "column or choose the others with data.modalities=[image,audio,text]; "
                                        "talking-face videos train with recipe=sync data.video_dir=<folder>")])
@@ -189,8 +191,8 @@ class ManifestDataModule(L.LightningDataModule):
         if problems:
             log.warning(f"skipped {len(problems)} problem(s) in '{path}'" + (f"; see {Path(run_dir) / 'skipped_rows.csv'}" if run_dir else ""))
         splits = self._assign_splits(rows, path)
-        self.modalities = sorted({m for r in rows for m in r.media})
-        self.classes = sort_labels({r.label for r in rows})
+        self.modalities = sorted(rows.present())
+        self.classes = sort_labels(set(rows.values("label")))
         class_index = {c: i for i, c in enumerate(self.classes)}
         self.tokenizer = build_tokenizer(self.text_prep.tokenizer, **self.text_prep.extra)
         self.max_text_length = self.text_prep.max_length or self.max_text_length
@@ -218,30 +220,32 @@ class ManifestDataModule(L.LightningDataModule):
                             pad_audio=not self.audio_prep.variable_length, image_resize=self._image_resize(),
                             image_resize_key=f"resize={prep.resize}/crop={prep.crop}/{prep.interpolation}", cache=cache)
 
-    def _assign_splits(self, rows: list[ManifestRow], path: Path) -> dict[str, list[ManifestRow]]:
+    def _assign_splits(self, rows: RowTable, path: Path) -> dict[str, RowTable]:
         rng = random.Random(self.split_seed)
-        has_split = [r.split is not None for r in rows]
+        split_of = rows.values("split")
+        has_split = [s is not None for s in split_of]
         if any(has_split) and not all(has_split):
-            raise ManifestError(path, [Problem(r.row, "split", "empty split while other rows have one") for r in rows if r.split is None])
-        splits: dict[str, list[ManifestRow]] = {s: [] for s in SPLITS}
+            raise ManifestError(path, [Problem(int(rows.numbers[i]), "split", "empty split while other rows have one")
+                                       for i, s in enumerate(split_of) if s is None])
+        splits: dict[str, list[int]] = {s: [] for s in SPLITS}  # positions in `rows` (in row-number order)
         if not any(has_split):
-            order = rows[:]
+            order = list(range(len(rows)))
             rng.shuffle(order)
             n_test = int(round(len(order) * self.test_fraction))
             splits["test"] = order[:n_test]
             splits["train"] = order[n_test:]
         else:
-            for r in rows:
-                splits[r.split].append(r)
+            for i, s in enumerate(split_of):
+                splits[s].append(i)
         if not splits["val"] and splits["train"]:
             order = splits["train"][:]
             rng.shuffle(order)
             n_val = max(1, int(round(len(order) * self.val_fraction)))
-            splits["val"], splits["train"] = sorted(order[:n_val], key=lambda r: r.row), sorted(order[n_val:], key=lambda r: r.row)
+            splits["val"], splits["train"] = sorted(order[:n_val]), sorted(order[n_val:])
         empty = [s for s in ("train", "test") if not splits[s]]
         if empty:
             raise ManifestError(path, [Problem(0, "split", f"no usable rows in split '{s}'") for s in empty])
-        return splits
+        return {s: rows.select(positions) for s, positions in splits.items()}
 
     def _image_resize(self) -> transforms.Compose:
         """The deterministic part of the image transform (before the disk cache): PIL -> PIL crop x crop."""

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,15 @@ class ManifestRow:
 
 
 def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
-    """Reads a CSV or JSONL manifest into raw string dicts (row order kept) plus parse problems."""
+    """Reads a CSV or JSONL manifest into raw string dicts (row order kept; None for an unparseable row) plus
+    parse problems."""
+    columns, rows, problems = iter_raw_rows(path)
+    return list(rows), problems
+
+
+def iter_raw_rows(path: str | Path) -> tuple[set[str], Iterator[dict[str, str] | None], list[Problem]]:
+    """The columns of a CSV or JSONL manifest and its raw rows one at a time (None for an unparseable row);
+    parse problems are appended to the returned list as the rows are read."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(path, [Problem(0, "manifest", "file does not exist", str(path))])
@@ -78,32 +87,37 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, str]], list[Problem]]:
         raise ManifestError(path, [Problem(0, "manifest", f"is not valid UTF-8 ({err.reason} at byte {err.start})", str(path))]) from None
     if "\x00" in text:
         raise ManifestError(path, [Problem(0, "manifest", "contains NUL bytes; not a text manifest", str(path))])
+    problems: list[Problem] = []
     if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return _read_jsonl(text)
-    return _read_csv(text, path)
+        columns = {k for record in _read_jsonl(text, []) if record for k in record}  # a first pass for the columns
+        return columns, _read_jsonl(text, problems), problems
+    header, rows = _read_csv(text, path, problems)
+    return header, rows, problems
 
 
-def _read_jsonl(text: str) -> tuple[list[dict[str, str]], list[Problem]]:
-    rows, problems = [], []
+def _read_jsonl(text: str, problems: list[Problem]) -> Iterator[dict[str, str] | None]:
     # JSON Lines are separated by "\n" only: str.splitlines would also split inside strings at \u2028, \x85 ...
-    for number, line in enumerate(text.split("\n"), start=1):
+    start, number = 0, 0
+    while start <= len(text):
+        stop = text.find("\n", start)
+        stop = len(text) if stop < 0 else stop
+        line, start, number = text[start:stop], stop + 1, number + 1
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             problems.append(Problem(number, "json", f"invalid JSON ({err.msg})"))
-            rows.append(None)
+            yield None
             continue
         if not isinstance(record, dict):
             problems.append(Problem(number, "json", "a row must be a JSON object"))
-            rows.append(None)
+            yield None
             continue
-        rows.append({str(k): "" if v is None else str(v) for k, v in record.items()})
-    return rows, problems
+        yield {str(k): "" if v is None else str(v) for k, v in record.items()}
 
 
-def _read_csv(text: str, path: Path) -> tuple[list[dict[str, str]], list[Problem]]:
+def _read_csv(text: str, path: Path, problems: list[Problem]) -> tuple[set[str], Iterator[dict[str, str] | None]]:
     # the csv module must see the raw text: quoted cells may hold newlines, and str.splitlines would also
     # split cells at \x0c, \x1c, \u2028 ...
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -116,27 +130,29 @@ def _read_csv(text: str, path: Path) -> tuple[list[dict[str, str]], list[Problem
     duplicates = sorted({h for h in header if header.count(h) > 1})
     if duplicates:
         raise ManifestError(path, [Problem(0, d, "column appears more than once in the header") for d in duplicates])
-    rows, problems = [], []
-    number = 0
-    while True:
-        try:
-            cells = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
+
+    def rows() -> Iterator[dict[str, str] | None]:
+        number = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                number += 1
+                problems.append(Problem(number, "csv", f"unparseable CSV ({err})"))
+                yield None
+                continue
+            if not cells or all(not c.strip() for c in cells):
+                continue
             number += 1
-            problems.append(Problem(number, "csv", f"unparseable CSV ({err})"))
-            rows.append(None)
-            continue
-        if not cells or all(not c.strip() for c in cells):
-            continue
-        number += 1
-        if len(cells) != len(header):
-            problems.append(Problem(number, "csv", f"has {len(cells)} cells, header has {len(header)}"))
-            rows.append(None)
-            continue
-        rows.append(dict(zip(header, cells, strict=True)))
-    return rows, problems
+            if len(cells) != len(header):
+                problems.append(Problem(number, "csv", f"has {len(cells)} cells, header has {len(header)}"))
+                yield None
+                continue
+            yield dict(zip(header, cells, strict=True))
+
+    return set(header), rows()
 
 
 def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tuple[list[ManifestRow], list[Problem]]:
@@ -149,9 +165,15 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
     Returns:
         The rows that passed and the problems found (row, column, message).
     """
+    rows, problems = iter_manifest(path, modalities)
+    return list(rows), problems
+
+
+def iter_manifest(path: str | Path, modalities: list[str] | None = None) -> tuple[Iterator[ManifestRow], list[Problem]]:
+    """`parse_manifest` one row at a time: the rows that pass are yielded, the problems appended to the returned
+    list while iterating. Whole-file problems (no label column, ...) raise ManifestError at once."""
     path = Path(path)
-    raw_rows, problems = read_rows(path)
-    columns = {k for r in raw_rows if r for k in r}
+    columns, raw_rows, problems = iter_raw_rows(path)
     if "label" not in columns:
         raise ManifestError(path, [Problem(0, "label", "manifest has no 'label' column")])
     present = [m for m in MODALITIES if m in columns]
@@ -165,8 +187,12 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
         present = [m for m in present if m in modalities]
     if not present:
         raise ManifestError(path, [Problem(0, "modalities", f"manifest has none of the modality columns {list(MODALITIES)}")])
+    return _rows(path, raw_rows, present, problems), problems
+
+
+def _rows(path: Path, raw_rows: Iterator[dict[str, str] | None], present: list[str],
+          problems: list[Problem]) -> Iterator[ManifestRow]:
     base = path.resolve().parent
-    rows: list[ManifestRow] = []
     for number, raw in enumerate(raw_rows, start=1):
         if raw is None:
             continue
@@ -184,8 +210,7 @@ def parse_manifest(path: str | Path, modalities: list[str] | None = None) -> tup
         if row_problems:
             problems.extend(row_problems)
         else:
-            rows.append(ManifestRow(number, label, split, media, (raw.get("group") or "").strip() or None))
-    return rows, problems
+            yield ManifestRow(number, label, split, media, (raw.get("group") or "").strip() or None)
 
 
 def check_media(number: int, raw: dict[str, str], modalities: list[str], base: Path) -> tuple[dict[str, str], list[Problem]]:

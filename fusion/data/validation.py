@@ -13,24 +13,25 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from functools import partial
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from fusion.data.decoder import MediaDecoder
 from fusion.data.manifest import FILE_MODALITIES, ManifestRow, Problem
 from fusion.data.media import MediaError
 from fusion.data.media_checks import check_header
+from fusion.data.row_table import RowTable
 from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("header", "decode")
-CHUNK = 64  # files per task sent to a worker
-PARALLEL_FROM = 256  # fewer files are checked in this process (starting workers would cost more)
+CHUNK = 32  # rows per task sent to a worker
+PARALLEL_FROM = 128  # fewer rows are checked in this process (starting workers would cost more)
 
-Check = tuple[int, str, str]  # (row number, column, path)
+_job: tuple[Sequence[ManifestRow], str, MediaDecoder | None] | None = None  # a worker's rows, mode and decoder
 
 
 def usable_cpus() -> int:
@@ -41,10 +42,12 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def check_files(checks: Sequence[Check], mode: str, decoder: MediaDecoder | None) -> list[Problem]:
-    """Problems of some files (runs in a worker)."""
+def check_row(row: ManifestRow, mode: str, decoder: MediaDecoder | None) -> list[Problem]:
+    """Problems of the files of one row."""
     problems = []
-    for row, column, path in checks:
+    for column, path in row.media.items():
+        if column not in FILE_MODALITIES:
+            continue
         if mode == "header":
             reason = check_header(path, column)
         else:
@@ -54,51 +57,78 @@ def check_files(checks: Sequence[Check], mode: str, decoder: MediaDecoder | None
             except MediaError as err:
                 reason = err.reason
         if reason:
-            problems.append(Problem(row, column, reason, path))
+            problems.append(Problem(row.row, column, reason, path))
     return problems
 
 
-def chunks(items: Sequence[Check], size: int) -> Iterator[Sequence[Check]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _start_worker(rows: Sequence[ManifestRow], mode: str, decoder: MediaDecoder | None) -> None:
+    global _job
+    _job = (rows, mode, decoder)
+
+
+def _check_range(bounds: tuple[int, int]) -> tuple[list[Problem], int]:
+    """Problems of rows [a, b) of the worker's rows, and how many files they have."""
+    rows, mode, decoder = _job
+    problems, files = [], 0
+    for i in range(*bounds):
+        row = rows[i]
+        files += sum(m in FILE_MODALITIES for m in row.media)
+        problems += check_row(row, mode, decoder)
+    return problems, files
+
+
+def count_files(rows: Sequence[ManifestRow]) -> int:
+    """Media files referenced by `rows`."""
+    if isinstance(rows, RowTable):
+        return sum(int(np.count_nonzero(np.diff(rows.columns[m].offsets))) for m in rows.modalities if m in FILE_MODALITIES)
+    return sum(m in FILE_MODALITIES for row in rows for m in row.media)
 
 
 def validate_media(rows: Sequence[ManifestRow], mode: str = "header", decoder: MediaDecoder | None = None,
-                   workers: int | None = None) -> tuple[list[ManifestRow], list[Problem]]:
-    """Checks every file of `rows`; returns the rows whose files all passed and every problem found.
+                   workers: int | None = None) -> tuple[Sequence[ManifestRow], list[Problem]]:
+    """Checks every file of `rows`; returns the rows whose files all passed (a RowTable for a RowTable) and
+    every problem found.
 
     Args:
-        rows: rows whose structure was checked (fusion.data.manifest.parse_manifest).
+        rows: rows whose structure was checked (fusion.data.manifest.parse_manifest), a list or a RowTable.
         mode: "header" (fast checks) or "decode" (full decode with `decoder`).
         decoder: the dataset's decoder (required for mode="decode").
-        workers: processes (None = every usable CPU; fewer than PARALLEL_FROM files are checked here).
+        workers: processes (None = every usable CPU; fewer than PARALLEL_FROM rows are checked here).
     """
     if mode not in MODES:
         raise ConfigError(f"data.validate must be one of {list(MODES)}, got '{mode}'")
     if mode == "decode" and decoder is None:
         raise ValueError("validate_media(mode='decode') needs the dataset's decoder")
-    checks = [(row.row, m, path) for row in rows for m, path in row.media.items() if m in FILE_MODALITIES]
     workers = usable_cpus() if workers is None else workers
+    workers = workers if len(rows) >= PARALLEL_FROM else 1
     start = time.perf_counter()
     problems: list[Problem] = []
-    with Progress(len(checks), mode) as progress:
-        if workers <= 1 or len(checks) < PARALLEL_FROM:
-            for part in chunks(checks, CHUNK):
-                problems += check_files(part, mode, decoder)
-                progress.update(len(part))
+    parts = [(a, min(a + CHUNK, len(rows))) for a in range(0, len(rows), CHUNK)]
+    files = count_files(rows)
+    with Progress(files, mode) as progress:
+        if workers <= 1:
+            _start_worker(rows, mode, decoder)
+            for found, checked in map(_check_range, parts):
+                problems += found
+                progress.update(checked)
         else:
-            # fork is cheap and inherits the decoder; a process that uses CUDA must not fork
+            # fork is cheap and shares the rows; a process that uses CUDA must not fork
             method = "spawn" if torch.cuda.is_initialized() or "fork" not in multiprocessing.get_all_start_methods() else "fork"
-            with multiprocessing.get_context(method).Pool(workers) as pool:
-                parts = list(chunks(checks, CHUNK))
-                for part, found in zip(parts, pool.imap(partial(check_files, mode=mode, decoder=decoder), parts), strict=True):
+            with multiprocessing.get_context(method).Pool(workers, _start_worker, (rows, mode, decoder)) as pool:
+                for found, checked in pool.imap(_check_range, parts):
                     problems += found
-                    progress.update(len(part))
+                    progress.update(checked)
+    _start_worker(None, mode, None)
     seconds = time.perf_counter() - start
-    log.info("validated %d files (%s) in %.1f s: %.0f files/s with %d process(es), %d problem(s)", len(checks), mode,
-             seconds, len(checks) / max(seconds, 1e-9), workers if len(checks) >= PARALLEL_FROM else 1, len(problems))
+    log.info("validated %d rows, %d files (%s) in %.1f s: %.0f files/s with %d process(es), %d problem(s)", len(rows),
+             files, mode, seconds, files / max(seconds, 1e-9), workers, len(problems))
     bad = {p.row for p in problems}
-    return [row for row in rows if row.row not in bad], problems
+    keep = [i for i in range(len(rows)) if _number(rows, i) not in bad]
+    return (rows.select(keep) if isinstance(rows, RowTable) else [rows[i] for i in keep]), problems
+
+
+def _number(rows: Sequence[ManifestRow], index: int) -> int:
+    return int(rows.numbers[index]) if isinstance(rows, RowTable) else rows[index].row
 
 
 class Progress:
