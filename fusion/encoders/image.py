@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fusion.encoders.preprocessing import ImagePreprocessing
@@ -73,36 +71,6 @@ class ChannelAdapter(nn.Module):
         return x.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
 
 
-class ImageAugment(nn.Module):
-    """Training-time augmentation of (B, C, H, W) images, drawn per sample: a random affine map with rotation in
-    +-`rotate` degrees, scale in 1 +- `scale` and a shift of up to `shift` of the side in x and y. Pixels pulled in
-    from outside repeat the border (the background of a centred object)."""
-
-    def __init__(self, rotate: float = 10.0, scale: float = 0.1, shift: float = 0.1):
-        super().__init__()
-        if min(rotate, scale, shift) < 0 or scale >= 1:
-            raise ConfigError(f"encoders.image.augment_args: need rotate, shift >= 0 and 0 <= scale < 1, "
-                              f"got rotate={rotate}, scale={scale}, shift={shift}")
-        self.rotate, self.scale, self.shift = rotate, scale, shift
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        b, dev = images.shape[0], images.device
-        uniform = lambda: torch.rand(b, device=dev) * 2 - 1  # noqa: E731  (B,) in [-1, 1]
-        angle = uniform() * math.radians(self.rotate)
-        zoom = 1 + uniform() * self.scale
-        return affine(images, angle, zoom, uniform() * self.shift, uniform() * self.shift)
-
-
-def affine(images: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """Rotates (radians; positive turns clockwise on screen), zooms and shifts (share of the side; +x right,
-    +y down) every image of (B, C, H, W) about its centre by its own (B,) values; returns (B, C, H, W)."""
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom  # output -> input coordinates: inverse map
-    theta = torch.stack([torch.stack([cos, sin, -2 * (cos * dx + sin * dy)], 1),
-                         torch.stack([-sin, cos, -2 * (-sin * dx + cos * dy)], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
 class ImageEncoder(nn.Module):
     """Images (B, C, H, W) -> pooled features (B, out_dim); `forward_tokens` gives (B, H'W', out_dim).
 
@@ -114,15 +82,11 @@ class ImageEncoder(nn.Module):
         weights_path: optional local file with the torchvision backbone's state dict (never downloaded).
         freeze: keep the backbone's weights fixed.
         image_size: side of the square images the data module makes for this tower (resized, 0.5/0.5 normalised).
-        augment: apply ImageAugment in training mode.
-        augment_args: keyword arguments of ImageAugment (e.g. {"rotate": 15}); defaults when None.
     """
 
     def __init__(self, backbone: str = "cnn", in_channels: int = 1, out_dim: int = 128, width: int = 16,
-                 weights_path: str | None = None, freeze: bool = False, image_size: int = 32,
-                 augment: bool = False, augment_args: dict | None = None):
+                 weights_path: str | None = None, freeze: bool = False, image_size: int = 32):
         super().__init__()
-        self.augment = ImageAugment(**(augment_args or {})) if augment else None
         if backbone == "cnn":
             self.trunk = SmallConvNet(in_channels, width)
             channels = self.trunk.out_channels
@@ -139,14 +103,10 @@ class ImageEncoder(nn.Module):
         return ImagePreprocessing(crop=int(image_size), channels=int(in_channels), mean=(0.5,) * int(in_channels),
                                   std=(0.5,) * int(in_channels))
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> trunk feature map (B, C', H', W'), augmented first in training mode."""
-        if self.training and self.augment is not None:
-            images = self.augment(images)
-        return self.trunk(images)
-
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.feature_map(images).flatten(2).transpose(1, 2))  # (B, H'W', D)
+        fmap = self.trunk(images)  # (B, C, H', W')
+        return self.proj(fmap.flatten(2).transpose(1, 2))  # (B, H'W', D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.feature_map(images).mean(dim=(2, 3)))  # (B, D)
+        fmap = self.trunk(images)  # (B, C, H', W')
+        return self.proj(fmap.mean(dim=(2, 3)))  # (B, D)
