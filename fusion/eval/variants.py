@@ -1,5 +1,6 @@
-"""Inference variants of one trained model: fp32, bf16 autocast, torch.compile, int8 dynamic quantization, and
-the ONNX export run by ONNX Runtime on the CPU.
+"""Inference variants of one trained model: fp32, bf16 autocast, torch.compile, and the ONNX export run by ONNX
+Runtime on the CPU in fp32 (``onnx``) and with int8 weights (``int8``: ONNX Runtime quantization; the former
+``torch.ao.quantization.quantize_dynamic`` path is deprecated upstream and gone).
 
 Each variant is a callable ``variant(batch) -> logits`` plus the device it runs on; accuracy is measured for
 every variant by the caller, never assumed equal to the fp32 one.
@@ -8,7 +9,6 @@ every variant by the caller, never assumed equal to the fp32 one.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -46,39 +46,22 @@ class Variant:
             return self.model(batch).float()
 
 
-def int8_dynamic(model: nn.Module) -> nn.Module:
-    """CPU copy of ``model`` with Linear/LSTM/GRU weights quantized to int8 (activations quantized per call).
-
-    Uses ``torch.ao.quantization.quantize_dynamic`` (deprecated upstream in favour of torchao, which this
-    project does not depend on). Layers inside ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` stay
-    fp32: those modules read their Linear weights directly, which quantized layers do not expose.
-    """
-    from torch.ao.quantization import quantize_dynamic
-
-    cpu_copy = copy.deepcopy(model).cpu().eval()
-    keep_fp32 = [name for name, module in cpu_copy.named_modules()
-                 if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer | nn.MultiheadAttention)]
-    names = {name for name, module in cpu_copy.named_modules()
-             if isinstance(module, nn.Linear | nn.LSTM | nn.GRU)
-             and not any(name.startswith(prefix + ".") for prefix in keep_fp32)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return quantize_dynamic(cpu_copy, names, dtype=torch.qint8)
-
-
 class OnnxRuntimeModel(nn.Module):
     """``batch -> logits`` through ONNX Runtime (CPU): the model is exported to ONNX on the first call, traced
-    with that batch's shapes (fusion/inference/onnx_export.py; dynamic batch dimension).
+    with that batch's shapes (fusion/inference/onnx_export.py; dynamic batch dimension), and with ``int8`` its
+    weights quantized to int8 (fusion/inference/onnx_quantize.py).
 
     Args:
         model: a FusionModel (``modalities``, ``forward_with_details``).
         threads: ONNX Runtime intra-op threads (None: torch's current CPU thread count, like the other variants).
+        int8: quantize the exported graph.
     """
 
-    def __init__(self, model: nn.Module, threads: int | None = None):
+    def __init__(self, model: nn.Module, threads: int | None = None, int8: bool = False):
         super().__init__()
         self.source = copy.deepcopy(model).cpu().eval()
         self.threads = threads
+        self.int8 = int8
         self.backend = None
 
     @torch.inference_mode(False)
@@ -87,6 +70,7 @@ class OnnxRuntimeModel(nn.Module):
         from pathlib import Path
 
         from fusion.inference.onnx_export import export_onnx
+        from fusion.inference.onnx_quantize import quantize_int8
         from fusion.inference.onnx_runner import OnnxBackend
 
         example = {name: torch.from_numpy(value.copy())
@@ -96,6 +80,8 @@ class OnnxRuntimeModel(nn.Module):
         with tempfile.TemporaryDirectory(prefix="fusion-onnx-") as folder:
             path = Path(folder) / "model.onnx"
             export_onnx(self.source, path, example)
+            if self.int8:
+                path = quantize_int8(path, Path(folder) / "model.int8.onnx")
             self.backend = OnnxBackend(path, self.source.modalities, self.threads or torch.get_num_threads())
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -113,7 +99,7 @@ def build_variants(
     Args:
         model: Trained fp32 model, ``model(batch) -> (B, num_classes)`` logits.
         device: ``cpu`` or ``cuda[:i]``. bf16 autocast is built on CUDA only, int8 and onnx
-            on CPU only.
+            (ONNX Runtime) on CPU only.
         names: Subset of ``VARIANT_NAMES``.
 
     Returns:
@@ -136,16 +122,11 @@ def build_variants(
                 variants.append(Variant("bf16", model, device, autocast_dtype=torch.bfloat16))
         elif name == "compile":
             variants.append(Variant("compile", torch.compile(model), device, eager=False))
-        elif name == "int8":
+        elif name in ("onnx", "int8"):
             if device.type != "cpu":
-                skipped[name] = "int8 dynamic quantization runs on CPU only"
-            else:
-                variants.append(Variant("int8", int8_dynamic(model), device))
-        elif name == "onnx":
-            if device.type != "cpu":
-                skipped[name] = "the onnx variant runs ONNX Runtime's CPU provider only"
+                skipped[name] = f"the {name} variant runs ONNX Runtime's CPU provider only"
             elif not hasattr(model, "forward_with_details"):
                 skipped[name] = "ONNX export covers fusion classifiers only"
             else:
-                variants.append(Variant("onnx", OnnxRuntimeModel(model), device, eager=False))
+                variants.append(Variant(name, OnnxRuntimeModel(model, int8=name == "int8"), device, eager=False))
     return variants, skipped

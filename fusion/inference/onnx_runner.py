@@ -16,15 +16,19 @@ class OnnxBackend:
         path: the model.onnx file.
         modalities: the model's modalities (they fix the input names).
         threads: intra-op threads (None: onnxruntime's default, every core).
+        spinning: whether idle intra-op threads spin-wait for work (onnxruntime's default; on a CPU shared with
+            other processes, off can be faster: benchmarks/latency/cpu_suite.py measures both).
     """
 
-    def __init__(self, path: str | Path, modalities: list[str], threads: int | None = None):
+    def __init__(self, path: str | Path, modalities: list[str], threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.modalities = sorted(modalities)
         self.inputs = input_names(self.modalities)

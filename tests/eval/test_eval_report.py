@@ -22,27 +22,27 @@ def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
     lines: list[str] = []
     rows, skipped = evaluate_model("late", "late", model, batches, num_classes=3, variants=("fp32", "int8", "bf16"),
                                    warmup=2, iters=10, throughput_batch_sizes=(4, 16), log=lines.append)
-    assert [r["variant"] for r in rows] == ["fp32", "int8"]
-    assert "late/bf16@cpu" in skipped
+    assert [r["variant"] for r in rows] == ["fp32"]
+    assert "late/bf16@cpu" in skipped  # CUDA only
+    assert skipped["late/int8@cpu"] == "ONNX export covers fusion classifiers only"  # int8 runs in ONNX Runtime
     assert any("fp32 on cpu: p50" in line for line in lines)  # progress is printed per variant
     fp32 = rows[0]
     assert fp32["flops"] == 2 * (16 * 32 + 32 * 3 + 20 * 32 + 32 * 3)  # per sample, batch 1
     assert fp32["num_test_samples"] == 24 and set(fp32["throughput"]) == {"4", "16"}
     assert fp32["latency_p50_ms"] <= fp32["latency_p95_ms"] <= fp32["latency_p99_ms"]
-    assert rows[1]["acc"] == pytest.approx(fp32["acc"], abs=0.1)  # int8 measured, close to fp32
 
     report = {"machine": machine_info(["cpu"]), "settings": {"threads": 1}, "rows": rows,
               "robustness": {"late": evaluate_robustness(model, batches, "cpu", 3, levels=(0.0, 1.0))},
               "skipped": skipped}
     paths = write_report(report, tmp_path / "out")
     parsed = json.loads(paths["json"].read_text())
-    assert [r["variant"] for r in parsed["rows"]] == ["fp32", "int8"]
+    assert [r["variant"] for r in parsed["rows"]] == ["fp32"]
     assert parsed["rows"][0]["acc"] == fp32["acc"]
     assert any(r["on_front"] for r in parsed["rows"])
     md = paths["md"].read_text()
     table = [line for line in md.splitlines() if line.startswith("| late |")]
-    # two variant rows, one row of subset accuracies, one per modality and corruption kind (2 x 3)
-    assert len(table) == 2 + 1 + 2 * 3
+    # one variant row, one row of subset accuracies, one per modality and corruption kind (2 x 3)
+    assert len(table) == 1 + 1 + 2 * 3
     assert sum("| noise |" in line for line in table) == 2 and sum("| impulse |" in line for line in table) == 2
     assert f"{100 * fp32['acc']:.2f} %" in table[0]
     image = matplotlib.image.imread(paths["png"])

@@ -25,3 +25,18 @@ def test_onnx_variant_matches_fp32(tiny_runs, new_manifest):
     torch.testing.assert_close(onnx, fp32, atol=1e-4, rtol=1e-4)
     single = {k: (v[:1] if torch.is_tensor(v) else {n: t[:1] for n, t in v.items()}) for k, v in batch.items()}
     torch.testing.assert_close(variants[1](single), variants[0](single), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_variant_keeps_the_predictions(tiny_runs, new_manifest):
+    """int8 weights through ONNX Runtime: the same predictions as fp32 eager, logits within 0.25 (stated
+    tolerance of dynamic int8 quantization on these models)."""
+    run = load_run(tiny_runs["progressive"])
+    predictor = fusion.load(tiny_runs["progressive"])
+    examples = prepare(new_manifest, predictor.preprocessing, predictor.classes)
+    batch = next(batches(examples, predictor.preprocessing, predictor.classes, batch_size=16))
+    variants, skipped = build_variants(run.model, "cpu", ["fp32", "int8"])
+    assert [v.name for v in variants] == ["fp32", "int8"] and not skipped
+    fp32, int8 = (v(batch) for v in variants)
+    assert torch.equal(int8.argmax(1), fp32.argmax(1))
+    difference = (int8 - fp32).abs().max()
+    assert 0 < difference <= 0.25  # quantized (not the fp32 graph), and close

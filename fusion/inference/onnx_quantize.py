@@ -1,0 +1,38 @@
+"""int8 weights for an exported model.onnx through ONNX Runtime's quantization tool (maintained, unlike
+`torch.ao.quantization.quantize_dynamic`).
+
+Dynamic quantization: weights of the chosen operators stored as int8 (per output channel), activations
+quantized per call from their observed range, so no calibration data is needed. By default only MatMul/Gemm with
+a constant weight are quantized (the fusion MLPs, gates and projections); `ops=("MatMul", "Gemm", "Conv")` also
+turns the convolutions into ConvInteger, which ONNX Runtime runs slower than its fp32 convolution on small
+images (benchmarks/latency/cpu_suite.py measures both).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fusion.inference.onnx_export import quiet_loggers
+
+DEFAULT_OPS = ("MatMul", "Gemm")
+
+
+def quantize_int8(source: str | Path, target: str | Path, ops: tuple[str, ...] = DEFAULT_OPS) -> Path:
+    """Writes `target`: `source` with int8 weights for `ops` (ONNX Runtime dynamic quantization); returns it.
+
+    Raises:
+        ValueError: an op type ONNX Runtime's dynamic quantizer does not handle.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    unknown = sorted(set(ops) - {"MatMul", "Gemm", "Conv"})
+    if unknown:
+        raise ValueError(f"ops: {unknown} cannot be quantized dynamically; choose from MatMul, Gemm, Conv")
+    target = Path(target)
+    with quiet_loggers("onnxruntime", "root"):
+        level = logging.getLogger().level
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(ops), extra_options={"MatMulConstBOnly": True})
+        logging.getLogger().setLevel(level)
+    return target
