@@ -47,7 +47,7 @@ class ManifestDataModule(L.LightningDataModule):
         modalities: use only these modality columns (None = all present in the manifest).
         batch_size: examples per batch.
         num_workers: DataLoader worker processes per loader (None = `default_num_workers`: the usable CPUs of
-            this process's share of the machine, less one for the training loop, at most 8).
+            this process's share of the machine, less one for the training loop, at most 12).
         validate: "header" = check every file's header and completeness before training (fast, parallel);
             "decode" = decode every file before training (finds bad samples too; fills the disk cache).
         on_error: "raise" = one error listing every bad row; "skip" = skip them, report in the run folder.
@@ -296,8 +296,8 @@ class ManifestDataModule(L.LightningDataModule):
 
 def default_num_workers(processes: int = 1) -> int:
     """DataLoader workers per loader: this process's share of the usable CPUs less one (the training loop), at
-    least 1 and at most 8."""
-    return max(1, min(8, usable_cpus() // max(1, processes) - 1))
+    least 1 and at most 12."""
+    return max(1, min(12, usable_cpus() // max(1, processes) - 1))
 
 
 def sort_labels(labels: set[str]) -> list[str]:

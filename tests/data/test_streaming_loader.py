@@ -59,7 +59,7 @@ def test_text_is_tokenised_in_the_item(tiny_digits):
 
 
 def test_default_num_workers_follows_the_cpus(tiny_digits, monkeypatch):
-    for cpus, processes, expected in ((1, 1, 1), (2, 1, 1), (16, 1, 8), (16, 4, 3), (64, 8, 7)):
+    for cpus, processes, expected in ((1, 1, 1), (2, 1, 1), (16, 1, 12), (16, 4, 3), (64, 8, 7), (128, 1, 12)):
         monkeypatch.setattr(datamodule_module, "usable_cpus", lambda cpus=cpus: cpus)
         assert default_num_workers(processes) == expected, (cpus, processes)
     monkeypatch.setattr(datamodule_module, "usable_cpus", lambda: 5)
