@@ -1,8 +1,9 @@
 """GPU latency, throughput and training-step suite on MNIST + FSDD (speaker theo unseen), one process, one card.
 
 Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 /
-p95 of fp32 eager, bf16 autocast eager, the CUDA-graph replay in fp32 and bf16 (fusion/inference/cuda_graph.py)
-and, with --compile, the graph of the torch.compile'd forward; throughput at --throughput-batch; test accuracy of
+p95 of fp32 eager, bf16 (weights cast once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each
+(fusion/inference/cuda_graph.py) and, with --compile, the graph of the torch.compile'd fp32 and bf16 forward
+(batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
 every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
 
 Training, default progressive recipe, batch 64, the batches already on the GPU, the same initial weights and
@@ -270,25 +271,31 @@ def train_mode(mode: str, init_model, hparams: dict, train: dict, test: dict, de
 
 def variants_for(model, device: torch.device, compile_: bool) -> dict:
     """name -> batch -> logits (float32)."""
-    from fusion.inference.cuda_graph import GraphedModel
+    from fusion.inference.cuda_graph import GraphedModel, bf16_copy
 
     model = model.eval()
+    half = bf16_copy(model).eval()
 
     def eager(batch):
         with torch.inference_mode():
             return model(batch)
 
-    def bf16(batch):
+    def autocast(batch):
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             return model(batch).float()
 
-    out = {"fp32": eager, "bf16": bf16}
+    def bf16(batch):
+        with torch.inference_mode():
+            return half(batch).float()
+
+    out = {"fp32": eager, "bf16": bf16, "bf16_autocast": autocast}
     if device.type == "cuda":
         out["graph_fp32"] = GraphedModel(model)
-        out["graph_bf16"] = GraphedModel(model, autocast_dtype=torch.bfloat16)
+        out["graph_bf16"] = GraphedModel(half)
+        out["graph_bf16_autocast"] = GraphedModel(model, autocast_dtype=torch.bfloat16)
         if compile_:
             out["compile_graph_fp32"] = GraphedModel(model, compile=True)
-            out["compile_graph_bf16"] = GraphedModel(model, autocast_dtype=torch.bfloat16, compile=True)
+            out["compile_graph_bf16"] = GraphedModel(half, compile=True)
     return out
 
 

@@ -50,3 +50,27 @@ def test_bf16_replay_keeps_the_predictions_and_rows_need_a_modality():
     cpu_batch["mask"] = {m: torch.zeros(12, dtype=torch.bool) for m in cpu_batch["mask"]}
     with pytest.raises(ValueError, match="at least one present modality"):
         GraphedModel(model)(cpu_batch)
+
+
+def test_bf16_copy_keeps_the_predictions_and_the_frontend_in_fp32():
+    """bf16 weights cast once (the audio tower's log-mel front end stays fp32): the same predictions as fp32 on
+    a tiny model with the real audio tower; logits within 0.1 (bf16 has 8 mantissa bits)."""
+    from fusion.encoders.audio import AudioEncoder
+    from fusion.fusions.model import FusionModel
+    from fusion.inference.cuda_graph import bf16_copy
+    from tests.tasks.test_train_step import Flat
+
+    torch.manual_seed(0)
+    audio = AudioEncoder(n_mels=16, out_dim=16, width=4, augment=False)
+    model = FusionModel({"audio": audio, "image": Flat(64)}, ProgressiveFusion({"audio": 16, "image": 16}, 5,
+                                                                               hidden_dim=16)).eval()
+    batch = tiny_batch(0)
+    batch["audio"] = 0.1 * torch.randn(12, 8000)
+    half = bf16_copy(model)
+    assert half.encoders["audio"].frontend.mel.mel_scale.fb.dtype == torch.float32
+    assert half.fusion.fused_head[1].weight.dtype == torch.bfloat16
+    assert model.fusion.fused_head[1].weight.dtype == torch.float32  # the original is untouched
+    with torch.inference_mode():
+        expected, got = model(batch), half(batch).float()
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
