@@ -19,6 +19,8 @@ from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.epoch_means import EpochMeans
+from fusion.tasks.train_step import MODES as STEP_MODES
+from fusion.tasks.train_step import TrainStep, make_adamw
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,24 @@ class ClassificationTask(L.LightningModule):
         momentum: SGD momentum (ignored by AdamW).
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
+        train_step: "lightning" (Lightning's optimisation loop) or a mode of fusion/tasks/train_step.py: "eager",
+            "compile" or "graph" (the whole step one CUDA graph): the sync-free step with fused AdamW; training
+            loss and accuracy are then logged per epoch (not per step) and gate means are not logged.
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.3,
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
-                 optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None):
+                 optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
+                 train_step: str = "lightning"):
         super().__init__()
         self.save_hyperparameters()
+        if train_step not in ("lightning", *STEP_MODES):
+            raise ConfigError(f"model.train_step must be 'lightning' or one of {list(STEP_MODES)}, got {train_step!r}")
+        if train_step != "lightning" and optimizer != "adamw":
+            raise ConfigError(f"model.train_step={train_step} uses fused AdamW; it needs model.optimizer=adamw")
+        self.automatic_optimization = train_step == "lightning"
+        self._stepper: TrainStep | None = None
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout)
         self.corruption = CorruptionAugment(**(corruption or {}))
         k = data_spec["num_classes"]
@@ -146,6 +158,9 @@ class ClassificationTask(L.LightningModule):
             self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
+        if self._stepper is not None:  # one host read per epoch
+            stats = self._stepper.take_stats()
+            self.log_dict({"train/loss": stats["loss"], "train/acc": stats["acc"]}, sync_dist=True)
         self._log_epoch_means("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -154,8 +169,25 @@ class ClassificationTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._step(batch, "train")
+        optimizer = self.optimizers()
+        if self._stepper is None:
+            trainer = self.trainer
+            if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val:
+                raise ConfigError(f"model.train_step={self.hparams.train_step} does its own optimizer step: leave "
+                                  "trainer.accumulate_grad_batches=1 and trainer.gradient_clip_val=null")
+            self._stepper = TrainStep(self.model, optimizer.optimizer, self._step_loss, mode=self.hparams.train_step)
+        optimizer._on_before_step()  # Lightning's step counter (global_step) in manual optimisation
+        self._stepper.step(self.corruption(batch))
+        optimizer._on_after_step()
+        self.lr_schedulers().step()
+        return None
+
+    def _step_loss(self, result: FusionResult, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return classification_loss(result, batch["label"], result.mask, self.hparams.label_smoothing,
+                                   self.hparams.unimodal_loss_weight)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -199,7 +231,9 @@ class ClassificationTask(L.LightningModule):
         hparams = self.hparams
         scales = pretrained_lr_scales(self)  # pretrained towers: their own (layer-wise) learning rates
         params = scaled_groups(self.named_parameters(), scales, hparams.lr) if scales else self.parameters()
-        if hparams.optimizer == "adamw":
+        if hparams.optimizer == "adamw" and hparams.get("train_step", "lightning") != "lightning":
+            optimizer = make_adamw(params, hparams.lr, hparams.weight_decay, self.device)  # fused, capturable
+        elif hparams.optimizer == "adamw":
             optimizer = torch.optim.AdamW(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
         elif hparams.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=hparams.lr, momentum=hparams.momentum,

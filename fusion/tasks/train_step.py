@@ -35,6 +35,9 @@ def make_adamw(params, lr: float, weight_decay: float, device: torch.device | st
     """AdamW with one fused kernel per step on CUDA (its state and a tensor learning rate kept on the device,
     capturable in a CUDA graph); the foreach implementation on the CPU."""
     if torch.device(device).type == "cuda":
+        params = list(params)
+        if params and isinstance(params[0], dict):  # groups with their own learning rate: a tensor each, too
+            params = [g | ({"lr": torch.tensor(float(g["lr"]), device=device)} if "lr" in g else {}) for g in params]
         return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=weight_decay, fused=True,
                                  capturable=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
