@@ -48,6 +48,33 @@ def _rows_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def fastest_keeping_accuracy(rows: list[dict]) -> list[dict]:
+    """Per (model, device): the fastest variant (batch-1 p50) whose accuracy is at least the fp32 row's, with its
+    speed-up over fp32 eager. Models without an fp32 row on a device are left out."""
+    best = []
+    for model, device in dict.fromkeys((row["model"], row["device"]) for row in rows):
+        mine = [row for row in rows if row["model"] == model and row["device"] == device]
+        fp32 = next((row for row in mine if row["variant"] == "fp32"), None)
+        if fp32 is None:
+            continue
+        fastest = min((row for row in mine if row["acc"] >= fp32["acc"]), key=lambda row: row["latency_p50_ms"])
+        best.append({"model": model, "fusion": fastest["fusion"], "device": device, "variant": fastest["variant"],
+                     "acc": fastest["acc"], "fp32_acc": fp32["acc"], "latency_p50_ms": fastest["latency_p50_ms"],
+                     "fp32_latency_p50_ms": fp32["latency_p50_ms"],
+                     "speedup_over_fp32": fp32["latency_p50_ms"] / fastest["latency_p50_ms"]})
+    return best
+
+
+def _fastest_table(best: list[dict]) -> list[str]:
+    lines = ["| model | fusion | device | fastest variant keeping the fp32 accuracy | accuracy (fp32) | p50 ms (fp32) "
+             "| speed-up over fp32 eager |", "|---|---|---|---|---|---|---|"]
+    for b in best:
+        lines.append(f"| {b['model']} | {b['fusion']} | {b['device']} | {b['variant']} | {100 * b['acc']:.2f} % "
+                     f"({100 * b['fp32_acc']:.2f} %) | {b['latency_p50_ms']:.3f} ({b['fp32_latency_p50_ms']:.3f}) | "
+                     f"{b['speedup_over_fp32']:.2f}x |")
+    return lines
+
+
 def _subsets_table(robustness: dict[str, dict]) -> list[str]:
     subsets = list(next(iter(robustness.values()))["subsets"])
     lines = ["| model | fusion | " + " | ".join(subsets) + " |", "|---|---|" + "---|" * len(subsets)]
@@ -95,6 +122,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     for row in rows:
         row["label"] = f"{row['model']}/{row['variant']}" + ("" if row["device"] == "cpu" else f"@{row['device']}")
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "pareto.png"}
+    report["fastest"] = fastest_keeping_accuracy(rows)
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
 
     machine = report.get("machine", {})
@@ -106,6 +134,9 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
            "FLOPs per sample at batch size 1 (torch.utils.flop_counter; int8 rows count the fp32 graph). "
            "★ = on the accuracy/latency Pareto front of its device.", ""]
     md += _rows_table(rows)
+    if report["fastest"]:
+        md += ["", "Fastest variant per model and device whose accuracy is at least the fp32 model's:", ""]
+        md += _fastest_table(report["fastest"])
     if report.get("robustness"):
         md += ["", "## Robustness", "", "Accuracy on the test split with only these modalities present (the others "
                "removed; rows left with no input are not counted):", ""]

@@ -54,3 +54,17 @@ def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
 def test_report_without_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
         write_report({"rows": []}, tmp_path)
+
+
+def test_fastest_variant_keeps_the_fp32_accuracy():
+    from fusion.eval.report import fastest_keeping_accuracy
+
+    def row(variant, acc, p50, device="cpu"):
+        return {"model": "late", "fusion": "late", "device": device, "variant": variant, "acc": acc,
+                "latency_p50_ms": p50}
+
+    rows = [row("fp32", 0.95, 4.0), row("int8", 0.94, 1.0), row("onnx", 0.95, 2.0), row("compile", 0.96, 3.0),
+            row("fp32", 0.95, 3.0, "cuda"), row("bf16", 0.95, 4.0, "cuda")]
+    best = fastest_keeping_accuracy(rows)
+    assert [(b["device"], b["variant"]) for b in best] == [("cpu", "onnx"), ("cuda", "fp32")]
+    assert best[0]["speedup_over_fp32"] == 2.0 and best[1]["speedup_over_fp32"] == 1.0  # int8 lost accuracy
