@@ -123,3 +123,24 @@ class SyncModel(nn.Module):
         paths, _ = self.crf.decode(emissions, mask)  # (B, T), -1 at padding
         offsets = (paths - self.max_offset).float()
         return offsets.masked_fill(paths < 0, float("nan"))
+
+    def posterior_offsets(self, emissions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-frame expected offset under the CRF posterior (fractional frames), NaN at padded frames.
+
+        The marginals are the gradient of log Z with respect to the emissions. Unlike the integer Viterbi path
+        this follows a drifting offset between whole frames.
+
+        Args:
+            emissions: (B, T, 2K+1) from :meth:`emissions`.
+
+        Returns:
+            (B, T) float offsets in frames.
+        """
+        if mask is None:
+            mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        with torch.enable_grad():
+            scores = emissions.detach().float().requires_grad_(True)
+            (marginals,) = torch.autograd.grad(self.crf.log_partition(scores, mask).sum(), scores)  # (B, T, 2K+1)
+        states = torch.arange(-self.max_offset, self.max_offset + 1, device=emissions.device, dtype=marginals.dtype)
+        expected = (marginals * states).sum(-1) / marginals.sum(-1).clamp_min(1e-9)  # (B, T)
+        return expected.masked_fill(~mask.bool(), float("nan"))

@@ -98,3 +98,13 @@ def test_learns_known_constant_offset_and_drift(single_thread):
     assert drift_error[inside].max() <= 1.5
     # The decoded drift path moves in steps of at most one frame.
     assert (paths[4:, 1:] - paths[4:, :-1]).abs().max() <= 1
+
+
+def test_posterior_offsets_follow_the_marginals_between_whole_frames():
+    model = SyncModel(max_offset=2, subframes=1, n_mels=2, crop_size=8, hidden_dim=4, embed_dim=4).eval()
+    emissions = torch.full((1, 6, 5), -30.0)
+    emissions[0, :, 3] = 10.0  # offset +1 everywhere
+    assert torch.allclose(model.posterior_offsets(emissions), torch.ones(1, 6), atol=1e-4)
+    emissions[0, :, 2] = 10.0  # offsets 0 and +1 equally likely: halfway
+    halfway = model.posterior_offsets(emissions, torch.tensor([[True] * 5 + [False]]))
+    assert torch.allclose(halfway[0, :5], torch.full((5,), 0.5), atol=0.1) and halfway[0, 5].isnan()
