@@ -6,7 +6,8 @@ The data settings come from the run's config.yaml (or the checkpoint's data_spec
 The test split and the injected offsets (constant in [-K, K] and linear drift, ``data.eval_seed``) are fixed,
 so two evaluations of one checkpoint give the same numbers. Writes ``metrics.json`` (offset_mae_ms,
 within_40ms, within_window for constant offsets; drift/*, frame/*, baseline/*, and by true offset size
-by_offset/<lo>-<hi>/*), ``sync_windows.csv`` (every window) and ``sync_clips.csv`` (constant-offset error per
+by_offset/<lo>-<hi>/*; posterior/* for the per-frame posterior-mean path, which follows drift between whole
+frames), ``sync_windows.csv`` (every window) and ``sync_clips.csv`` (constant-offset error per
 clip, worst first).
 """
 
@@ -54,11 +55,14 @@ def data_settings(run_dir: Path, spec: dict, overrides: dict) -> dict:
 
 @torch.no_grad()
 def predict_windows(model, loader, device: str, max_offset: int, subframes: int) -> dict[str, torch.Tensor]:
-    """Decoded paths, truths, drift flags, baseline estimates and clip indices of every window in ``loader``."""
-    parts: dict[str, list] = {"paths": [], "truth": [], "drift": [], "baseline": [], "clip": []}
+    """Viterbi paths, posterior-mean paths, truths, drift flags, baseline estimates and clip indices of every
+    window in ``loader``."""
+    parts: dict[str, list] = {"paths": [], "posterior": [], "truth": [], "drift": [], "baseline": [], "clip": []}
     for batch in loader:
         video, audio, mask = batch["video"].to(device), batch["audio"].to(device), batch["frame_mask"].to(device)
-        parts["paths"].append(model.decode(video, audio, mask).cpu())
+        emissions = model.emissions(video, audio, mask)
+        parts["paths"].append(model.decode(video, audio, mask, emissions=emissions).cpu())
+        parts["posterior"].append(model.posterior_offsets(emissions, mask).cpu())
         steps = batch["video"].shape[1]
         flat_audio = batch["audio"].reshape(batch["audio"].shape[0], steps * subframes, -1)
         parts["baseline"].append(torch.tensor([estimate_offset_xcorr(v, a, subframes, max_offset)
@@ -103,6 +107,13 @@ def offset_size_breakdown(outputs: dict[str, torch.Tensor], fps: float) -> dict[
     return metrics
 
 
+def posterior_metrics(outputs: dict[str, torch.Tensor], fps: float) -> dict[str, float]:
+    """Per-frame metrics of the posterior-mean path (fractional offsets): ``posterior/frame/*`` (constant
+    windows) and ``posterior/drift/*``, ``posterior/drift_heard/*`` (drift windows)."""
+    report = sync_report(outputs["posterior"], outputs["truth"], outputs["drift"], outputs["baseline"], fps)
+    return {f"posterior/{k}": v for k, v in report.items() if k.split("/")[0] in ("frame", "drift", "drift_heard")}
+
+
 def evaluate_sync(cfg) -> dict[str, float]:
     """Evaluates ``cfg.run`` on the test split; writes metrics.json and sync_windows.csv to the output folder.
 
@@ -137,6 +148,7 @@ def evaluate_sync(cfg) -> dict[str, float]:
     outputs = predict_windows(model, datamodule.test_dataloader(), device, max_offset, subframes)
     metrics = sync_report(outputs["paths"], outputs["truth"], outputs["drift"], outputs["baseline"], fps)
     metrics["num_test_clips"] = float(len(datamodule.splits["test"]))
+    metrics |= posterior_metrics(outputs, fps)
     metrics |= offset_size_breakdown(outputs, fps)
 
     names = [c["name"] for c in datamodule.splits["test"]]
