@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fusion.inference.onnx_export import quiet_loggers
-
 DEFAULT_OPS = ("MatMul", "Gemm")
 
 
@@ -30,9 +28,12 @@ def quantize_int8(source: str | Path, target: str | Path, ops: tuple[str, ...] =
     if unknown:
         raise ValueError(f"ops: {unknown} cannot be quantized dynamically; choose from MatMul, Gemm, Conv")
     target = Path(target)
-    with quiet_loggers("onnxruntime", "root"):
-        level = logging.getLogger().level
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the tool warns on the root logger that shape pre-processing was not run
+    try:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=list(ops), extra_options={"MatMulConstBOnly": True})
-        logging.getLogger().setLevel(level)
+    finally:
+        root.setLevel(level)
     return target
