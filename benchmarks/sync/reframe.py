@@ -169,7 +169,7 @@ def main() -> None:
                   f"{metrics['within_40ms']:.1%}, drift heard within 1 frame {metrics['drift_heard/within_40ms']:.1%} "
                   f"(posterior mean {metrics['posterior/drift_heard/within_40ms']:.1%})",
                   flush=True)
-    for run, by_condition in results.items():
+    for by_condition in results.values():
         reframed = [m for c, m in by_condition.items() if c != "original"]
         if reframed:
             by_condition["all_reframed"] = {

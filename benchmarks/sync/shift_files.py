@@ -24,7 +24,6 @@ import torchaudio
 from fusion.data.video_io import read_video
 from fusion.eval.sync_estimate import estimate_file, load_sync_model, plot_path
 
-
 CODECS = {  # container: (format, video codec, video options, audio codec, audio rate or None = the source's)
     "mp4": ("mp4", "mpeg4", {"qscale": "3"}, "aac", None),
     "webm": ("webm", "libvpx-vp9", {"crf": "35", "b": "0", "deadline": "realtime", "cpu-used": "8"}, "libopus", 48000),

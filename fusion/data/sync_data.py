@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.distributed_eval_sampler import with_eval_sampler
-from fusion.data.progress import logged
 from fusion.data.face_track import TrackerConfig
+from fusion.data.progress import logged
 from fusion.data.sync_augment import SyncAugment
 from fusion.data.video_io import DEFAULT_MOUTH_BOX, MOUTH_MODES, load_sync_clip
 from fusion.errors import ConfigError, MissingFileError
