@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from fusion.data.video_io import crop_mouth, load_sync_clip, log_mel_frames, read_video, to_mono
+from fusion.data.video_io import (
+    crop_mouth,
+    load_sync_clip,
+    log_mel_frames,
+    read_video,
+    resample_indices,
+    to_mono,
+)
 from tests.helpers.clips import BOX, BURST, FPS, FRAMES, HEIGHT, RATE, WIDTH, write_clip
 
 
@@ -58,3 +65,16 @@ def test_unreadable_files_are_named(tmp_path):
     broken.write_bytes(b"not a video at all" * 10)
     with pytest.raises(ValueError, match="broken.avi"):
         read_video(broken)
+
+
+def test_frame_rate_conversion_picks_the_nearest_frames(tmp_path):
+    assert resample_indices(6, 30.0, 25.0).tolist() == [0, 1, 2, 4, 5]  # 0, 1.2, 2.4, 3.6, 4.8 -> nearest
+    assert resample_indices(5, 25.0, 50.0).tolist() == [0, 0, 1, 2, 2, 2, 3, 4, 4, 4]  # halves round to even
+    path = tmp_path / "clip.mpg"
+    write_clip(path)
+    native = load_sync_clip(path, n_mels=8, box=BOX, crop_size=(8, 8))
+    doubled = load_sync_clip(path, n_mels=8, box=BOX, crop_size=(8, 8), fps=50.0)
+    assert doubled["fps"] == 50.0 and doubled["source_fps"] == pytest.approx(25.0)
+    assert doubled["mouth"].shape == (60, 8, 8) and doubled["audio"].shape == (60 * 4, 8)
+    index = resample_indices(30, 25.0, 50.0)
+    assert torch.equal(doubled["mouth"], native["mouth"][index])
