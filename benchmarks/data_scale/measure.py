@@ -3,6 +3,7 @@ recipe on generated manifests of several sizes, each configuration in its own pr
 
     python benchmarks/data_scale/measure.py --sizes 1000 10000 100000 --root /tmp/data_scale \
         --out benchmarks/data_scale/results/cpu.json
+    python benchmarks/data_scale/measure.py --report benchmarks/data_scale/results/cpu.json ...
 
 Variants (each a fresh process): `disk-cold` (data.cache=disk into an empty cache folder), `disk-warm` (the same
 folder again), `none` (data.cache=none: decode every time), and with `--before <checkout>` the data path this
@@ -135,6 +136,21 @@ def run_one(manifest: Path, variant: str, cache: Path, args, repo: Path) -> dict
     return json.loads(lines[-1][7:])
 
 
+def report(paths: list[Path]) -> str:
+    """A markdown table of result files (one per round): each figure as its values over the rounds."""
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for path in paths:
+        for row in json.loads(path.read_text())["results"]:
+            runs.setdefault((row["size"], row["variant"]), []).append(row)
+    lines = ["| rows | variant | time to first step (s) | steady samples/s | peak PSS, process tree (MiB) | "
+             "peak RSS, main (MiB) |", "|---|---|---|---|---|---|"]
+    for (size, variant), rows in sorted(runs.items()):
+        cell = lambda key: " / ".join(f"{r[key]:g}" for r in rows)  # noqa: E731
+        lines.append(f"| {size:,} | {variant} | {cell('time_to_first_step_s')} | {cell('steady_samples_per_s')} | "
+                     f"{cell('peak_pss_tree_MiB')} | {cell('peak_rss_main_MiB')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -146,9 +162,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report", type=Path, nargs="+", default=None, help="tabulate result files (rounds)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one manifest
     parser.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     if args.one:
         print("RESULT " + json.dumps(measure(args.one, args.overrides, args.steps, args.warmup, args.batch_size)))
         return
