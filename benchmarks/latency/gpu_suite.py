@@ -15,8 +15,8 @@ the GPU busy fraction (union of kernel time / wall time), then test accuracy aft
     python benchmarks/latency/gpu_suite.py --data ../shared/data --out /tmp/gpu_suite
     python benchmarks/latency/gpu_suite.py --data ../shared/data --out /tmp/cpu_check --device cpu --tiny
 
-Writes OUT/gpu_suite.json and OUT/gpu_suite.md. Needs torch, torchvision, torchaudio, lightning, hydra and the
-repository; no network.
+Writes OUT/gpu_suite.json and OUT/gpu_suite.md. Needs torch, torchvision, torchaudio, lightning, hydra, numpy,
+Pillow and the repository (the data are decoded here, without the project's audio library); no network.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from fusion.data.batches import concat_batches, slice_batch, take_batch, to_device  # noqa: E402
+from fusion.data.batches import slice_batch, take_batch, to_device  # noqa: E402
 from fusion.eval.latency import measure_latency, measure_throughput, synchronize  # noqa: E402
 from fusion.tasks.classify import classification_loss  # noqa: E402
 from fusion.tasks.train_step import TrainStep, make_adamw  # noqa: E402
@@ -52,36 +53,87 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def load_data(data: Path, out: Path, tiny: bool) -> tuple[dict, dict, dict, object]:
-    """(train, test) batch dicts on the CPU, the data spec and the composed progressive config."""
-    from hydra.utils import instantiate
+def _image(path: Path) -> torch.Tensor:
+    """PNG -> (1, 32, 32), bilinear resize, normalised with mean 0.5 / std 0.5 (the built-in image tower's input)."""
+    from PIL import Image
 
-    from fusion.commands.app import compose_config
-    from fusion.data.pair_digits import build
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy((pixels - 0.5) / 0.5)[None]
 
-    manifest = out / "data" / "manifest.csv"
-    counts = build(images=data / "mnist", audio=data / "fsdd" / "recordings", out=manifest, test_speaker="theo",
-                   images_per_recording=1 if tiny else 2)
-    log(f"manifest {manifest}: {counts}")
-    if tiny:  # a few rows per split: the run only proves the code path
-        import csv
 
-        rows = list(csv.DictReader(open(manifest)))
-        keep = [r for s in ("train", "test") for r in [x for x in rows if x["split"] == s][:: max(1, len(rows) // 400)]]
-        with open(manifest, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(keep)
-    cfg = compose_config("config", ["recipe=progressive", f"data.manifest={manifest}", "data.modalities=[image,audio]",
-                                    "data.augment=false", f"data.cache_dir={out / 'data' / 'cache'}",
-                                    "data.num_workers=0" if tiny else "data.num_workers=null"])
+def _audio(path: Path, rate: int = 8000, samples: int = 8000) -> torch.Tensor:
+    """16-bit PCM WAV -> (samples,) float32 at `rate`: centre-cropped or right-padded, as fusion.data.media does."""
+    import wave
+
+    with wave.open(str(path)) as handle:
+        if handle.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16-bit PCM")
+        frames = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+        frames = frames.reshape(-1, handle.getnchannels()).mean(axis=1)
+        source_rate = handle.getframerate()
+    signal = torch.from_numpy(np.ascontiguousarray(frames))
+    if source_rate != rate:
+        import torchaudio.functional as AF
+
+        signal = AF.resample(signal, source_rate, rate)
+    if signal.numel() >= samples:
+        start = (signal.numel() - samples) // 2
+        return signal[start : start + samples]
+    return F.pad(signal, (0, samples - signal.numel()))
+
+
+def load_data(data: Path, tiny: bool, seed: int = 0) -> tuple[dict, dict, dict]:
+    """(train, test) batch dicts on the CPU and the data spec: every FSDD recording paired with 2 MNIST images of
+    its digit (1 with --tiny) from disjoint train / test image pools, speaker theo held out for test (the
+    pair_digits builder's protocol). Decoded here with PIL and the standard library's wave module, so the suite
+    needs no audio library beyond torch's."""
+    import csv
+    import random
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
     start = time.perf_counter()
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare()
-    train = concat_batches(list(datamodule.train_dataloader()))
-    test = concat_batches(list(datamodule.test_dataloader()))
-    log(f"decoded {len(train['label'])} train / {len(test['label'])} test rows in {time.perf_counter() - start:.1f} s")
-    return train, test, datamodule.spec, cfg
+    labels_csv = data / "mnist" / "labels.csv"
+    recordings = data / "fsdd" / "recordings"
+    if not labels_csv.is_file() or not recordings.is_dir():
+        raise SystemExit(f"--data {data}: needs mnist/labels.csv and fsdd/recordings/ (as ../shared/data)")
+    by_label: dict[str, list[Path]] = {}
+    with open(labels_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            by_label.setdefault(row["label"].strip(), []).append(data / "mnist" / row["file"])
+    rng = random.Random(seed)
+    pools = {}
+    for label, paths in sorted(by_label.items()):
+        paths = sorted(paths)
+        rng.shuffle(paths)
+        cut = len(paths) // 4
+        pools[("test", label)], pools[("train", label)] = paths[:cut], paths[cut:]
+    pattern = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+    rows = {"train": [], "test": []}
+    per_recording = 1 if tiny else 2
+    for path in sorted(recordings.iterdir()):
+        match = pattern.match(path.name)
+        if match is None:
+            continue
+        split = "test" if match.group(2) == "theo" else "train"
+        for image in rng.sample(pools[(split, match.group(1))], per_recording):
+            rows[split].append((image, path, int(match.group(1))))
+    if tiny:
+        rows = {split: items[:: max(1, len(items) // 150)] for split, items in rows.items()}
+    decoded = {}
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for split, items in rows.items():
+            images = list(pool.map(_image, [i for i, _, _ in items]))
+            audio = list(pool.map(_audio, sorted({a for _, a, _ in items})))
+            by_path = dict(zip(sorted({a for _, a, _ in items}), audio, strict=True))
+            n = len(items)
+            decoded[split] = {"image": torch.stack(images), "audio": torch.stack([by_path[a] for _, a, _ in items]),
+                              "mask": {"image": torch.ones(n, dtype=torch.bool), "audio": torch.ones(n, dtype=torch.bool)},
+                              "label": torch.tensor([y for _, _, y in items], dtype=torch.long)}
+    log(f"decoded {len(rows['train'])} train / {len(rows['test'])} test rows in {time.perf_counter() - start:.1f} s")
+    spec = {"modalities": ["audio", "image"], "num_classes": 10, "classes": [str(d) for d in range(10)]}
+    return decoded["train"], decoded["test"], spec
 
 
 def build_model(kind: str, spec: dict, seed: int) -> tuple[torch.nn.Module, dict]:
@@ -447,7 +499,7 @@ def main() -> None:
         machine["gpu"] = torch.cuda.get_device_name(device)
     log(f"machine {machine}")
 
-    train, test, spec, _ = load_data(args.data.resolve(), args.out, args.tiny)
+    train, test, spec = load_data(args.data.resolve(), args.tiny, args.seed)
     report = {"machine": machine, "settings": vars(args) | {"data": str(args.data), "out": str(args.out)},
               "training": [], "models": [], "inference": []}
     trained = {}
