@@ -94,8 +94,11 @@ def chunked_emissions(model: SyncModel, video: torch.Tensor, audio: torch.Tensor
 
 @torch.no_grad()
 def estimate_file(model: SyncModel, spec: dict, video_path: str | Path, device: str = "cpu",
-                  chunk: int = 250) -> dict:
+                  chunk: int = 100) -> dict:
     """Per-frame offsets and the whole-file estimate of one video, counting only speech frames with a face.
+
+    Emissions are computed in chunks of ``chunk`` frames (the model saw 44-frame windows in training; chunks of
+    about 100 frames agree best on long files).
 
     The file is decoded as the model was trained (tracked mouth or fixed box; frames put on the model's frame
     rate). The Viterbi path runs over the whole file; the estimate is the median of the path over the frames
