@@ -34,6 +34,7 @@ grid() {  # name, extra builder overrides -> manifest path (built once)
 }
 GRID=$(grid grid_digits)
 SPOKEN=$(grid grid_digits_spoken builder.audio="$REALDATA/fsdd/recordings")
+NUMERALS=$(grid grid_digits_numerals builder.words=0)  # every reference digit written as a numeral ("the 7")
 
 SAME=(model.encoders.image.image_size=64 trainer.max_epochs="$EPOCHS")
 rows=()
@@ -48,6 +49,8 @@ rows+=(--run grid/xattn-lr5e-4 recipe=xattn data.manifest="$GRID" "${SAME[@]}" m
 rows+=(--run grid/xattn-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0
        --run grid/xattn-lr5e-4-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0 model.lr=0.0005 model.fusion.block_lr_scale=1
        --run grid/xattn-lr1e-3-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0 model.lr=0.001 model.fusion.block_lr_scale=0.5)
+rows+=(--run grid-numerals/xattn-nodrop recipe=xattn data.manifest="$NUMERALS" "${SAME[@]}" model.modality_dropout=0
+       --run grid-numerals/xattn-lr5e-4-nodrop recipe=xattn data.manifest="$NUMERALS" "${SAME[@]}" model.modality_dropout=0 model.lr=0.0005 model.fusion.block_lr_scale=1)
 for recipe in progressive xattn; do
   rows+=(--run "grid-spoken/$recipe" recipe=$recipe data.manifest="$SPOKEN" "${SAME[@]}"
          --run "builtin/$recipe" recipe=$recipe)

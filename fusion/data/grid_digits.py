@@ -41,9 +41,11 @@ def relation(target: tuple[int, int], reference: tuple[int, int]) -> str:
     return "below" if target[0] > reference[0] else "above"
 
 
-def question_for(cells: dict[tuple[int, int], str], rng: random.Random, spoken: float = 0.0) -> tuple[str, str, str, str | None]:
+def question_for(cells: dict[tuple[int, int], str], rng: random.Random, spoken: float = 0.0,
+                 words: float = 0.5) -> tuple[str, str, str, str | None]:
     """A question about `cells` ((row, col) -> label), half of them positions, half relations (a share `spoken` of
-    those with a spoken reference): (text, label, kind, label of the spoken reference digit or None)."""
+    those with a spoken reference, a share `words` of the others naming the digit in words, "seven" for "7"):
+    (text, label, kind, label of the spoken reference digit or None)."""
     target = rng.choice(sorted(cells))
     if rng.random() < 0.5:
         return rng.choice(POSITION_QUESTIONS).format(p=POSITIONS[target]), cells[target], "position", None
@@ -51,7 +53,7 @@ def question_for(cells: dict[tuple[int, int], str], rng: random.Random, spoken: 
     r, d = relation(target, reference), cells[reference]
     if rng.random() < spoken:
         return SPOKEN_QUESTION.format(r=r), cells[target], "spoken", d
-    name = WORDS[int(d)] if d.isdigit() and int(d) < 10 and rng.random() < 0.5 else d
+    name = WORDS[int(d)] if d.isdigit() and int(d) < 10 and rng.random() < words else d
     return rng.choice(RELATION_QUESTIONS).format(r=r, d=name), cells[target], "relation", None
 
 
@@ -78,14 +80,15 @@ def split_pool(items: dict[str, list], fraction: float, rng: random.Random) -> d
 
 
 def build(images: str | Path, out: str | Path, rows: int = 20000, test_rows: int = 2000, test_fraction: float = 0.25,
-          cell: int = 32, audio: str | Path | None = None, spoken: float = 0.5, seed: int = 0) -> dict[str, int]:
+          cell: int = 32, audio: str | Path | None = None, spoken: float = 0.5, words: float = 0.5,
+          seed: int = 0) -> dict[str, int]:
     """Writes the manifest `out` and its grid images; returns the number of rows per split."""
     images, out = Path(images).expanduser(), Path(out).expanduser()
     if not images.is_dir():
         raise ConfigError(f"builder.images: folder '{images}' does not exist")
-    if not 0 < test_fraction < 1 or rows < 1 or test_rows < 1 or not 0 <= spoken <= 1:
-        raise ConfigError("builder: need 0 < test_fraction < 1, rows >= 1, test_rows >= 1 and 0 <= spoken <= 1 "
-                          f"(got {test_fraction}, {rows}, {test_rows}, {spoken})")
+    if not 0 < test_fraction < 1 or rows < 1 or test_rows < 1 or not 0 <= spoken <= 1 or not 0 <= words <= 1:
+        raise ConfigError("builder: need 0 < test_fraction < 1, rows >= 1, test_rows >= 1, 0 <= spoken <= 1 and "
+                          f"0 <= words <= 1 (got {test_fraction}, {rows}, {test_rows}, {spoken}, {words})")
     rng = random.Random(seed)
     pools = split_pool(list_images(images), test_fraction, rng)
     if len([label for label, paths in pools["train"].items() if paths]) < 4:
@@ -109,9 +112,9 @@ def build(images: str | Path, out: str | Path, rows: int = 20000, test_rows: int
             for i in range(n):
                 labels = rng.sample(sorted(pool), 4)
                 cells = dict(zip(sorted(POSITIONS), labels, strict=True))
-                text, label, kind, said = question_for(cells, rng, spoken if sounds else 0.0)
+                text, label, kind, said = question_for(cells, rng, spoken if sounds else 0.0, words)
                 if kind == "spoken" and not sounds[split].get(said):  # no recording of that digit here: ask in words
-                    text, label, kind, said = question_for(cells, rng)
+                    text, label, kind, said = question_for(cells, rng, words=words)
                 image = Path("images") / f"{split}_{i:06d}.png"
                 draw_grid({pos: rng.choice(pool[cells[pos]]) for pos in cells}, cell).save(out.parent / image)
                 row = [split, label, kind, image.as_posix(), text]

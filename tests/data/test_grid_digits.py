@@ -84,6 +84,19 @@ def test_labels_answer_the_questions_and_test_digits_are_held_out(sources, tmp_p
     assert {row["question"] for row in rows} == {"position", "relation", "spoken"}
 
 
+@pytest.mark.parametrize("words", [0.0, 1.0])
+def test_words_sets_how_reference_digits_are_written(sources, tmp_path, words):
+    out = tmp_path / "manifest.csv"
+    cfg = compose_config("manifest", ["builder=grid_digits", f"builder.images={sources / 'images'}", f"builder.out={out}",
+                                      "builder.rows=40", "builder.test_rows=10", f"builder.cell={CELL}",
+                                      f"builder.words={words}"])
+    run_builder(cfg)
+    named = [re.search(r"the (\w+)\??$", row["text"]).group(1) for row in csv.DictReader(open(out))
+             if row["question"] == "relation"]
+    assert named and all((name in WORDS) == (words == 1.0) for name in named)
+    assert all(name.isdigit() != (words == 1.0) for name in named)
+
+
 def test_missing_folder_is_named(tmp_path):
     from fusion.data.grid_digits import build
 
