@@ -471,7 +471,8 @@ def main() -> None:
     parser.add_argument("--throughput-iters", type=int, default=20, help="timed calls at that batch size")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also the CUDA graph of the torch.compile'd forward (about 1 min per model and dtype)")
-    parser.add_argument("--budget-s", type=float, default=420, help="compile variants are skipped past this time")
+    parser.add_argument("--budget-s", type=float, default=330,
+                        help="seconds from the start after which no further compile variant is started")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="a few rows, 1 epoch, few iterations: a smoke run")
     args = parser.parse_args()
