@@ -12,7 +12,8 @@ of the repository. Time to first step: from building the data module (validation
 to the end of the first optimizer step. Steady state: batches `warmup .. warmup + steps` (epoch ends included,
 validation off), samples/s = steps x batch size / their wall time. Memory: peak RSS of the main process
 (VmHWM) and peak PSS of the process tree (main process, validation and DataLoader workers; shared pages
-counted once), sampled every 0.2 s.
+counted once) and its peak USS (private pages only: unlike PSS, not lowered by other processes that map the same
+libraries), sampled every 0.2 s.
 """
 
 from __future__ import annotations
@@ -54,30 +55,36 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def pss_kib(pid: int) -> int:
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(PSS, USS) of a process in KiB: USS = its private pages, PSS adds its share of shared ones."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-    except (OSError, StopIteration):
-        return 0
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split(":")[0] in
+                      ("Pss", "Private_Clean", "Private_Dirty")}
+        return fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    except (OSError, ValueError, IndexError):
+        return 0, 0
 
 
 class MemorySampler(threading.Thread):
-    """Peak PSS (KiB) of this process and its descendants, sampled every `every_s`."""
+    """Peak PSS and peak USS (KiB) of this process and its descendants, sampled every `every_s`. PSS also
+    depends on other processes mapping the same libraries (on a shared machine); USS does not."""
 
     def __init__(self, every_s: float = 0.2):
         super().__init__(daemon=True)
-        self.every_s, self.peak, self.running = every_s, 0, True
+        self.every_s, self.peak_pss, self.peak_uss, self.running = every_s, 0, 0, True
 
     def run(self) -> None:
         while self.running:
-            self.peak = max(self.peak, sum(pss_kib(p) for p in tree_pids(os.getpid())))
+            sizes = [memory_kib(p) for p in tree_pids(os.getpid())]
+            self.peak_pss = max(self.peak_pss, sum(s[0] for s in sizes))
+            self.peak_uss = max(self.peak_uss, sum(s[1] for s in sizes))
             time.sleep(self.every_s)
 
-    def stop(self) -> int:
+    def stop(self) -> tuple[int, int]:
         self.running = False
         self.join()
-        return self.peak
+        return self.peak_pss, self.peak_uss
 
 
 def measure(manifest: str, overrides: list[str], steps: int, warmup: int, batch_size: int) -> dict:
@@ -115,13 +122,14 @@ def measure(manifest: str, overrides: list[str], steps: int, warmup: int, batch_
     trainer.fit(task, datamodule=datamodule)
     steady = stamps[warmup + steps] - stamps[warmup]
     train_rows = len(datamodule.datasets["train"])
+    pss, uss = sampler.stop()
     return {"rows": sum(len(d) for d in datamodule.datasets.values()), "train_rows": train_rows,
             "prepare_s": round(prepared - start, 2), "time_to_first_step_s": round(clock.first_end - start, 2),
             "steady_samples_per_s": round(steps * batch_size / steady, 1), "steady_steps": steps,
             "epochs_in_steady_state": round(steps * batch_size / train_rows, 2),
             "num_workers": trainer.train_dataloader.num_workers,
             "peak_rss_main_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "peak_pss_tree_MiB": round(sampler.stop() / 1024)}
+            "peak_pss_tree_MiB": round(pss / 1024), "peak_uss_tree_MiB": round(uss / 1024)}
 
 
 def run_one(manifest: Path, variant: str, cache: Path, args, repo: Path) -> dict:
@@ -143,11 +151,11 @@ def report(paths: list[Path]) -> str:
         for row in json.loads(path.read_text())["results"]:
             runs.setdefault((row["size"], row["variant"]), []).append(row)
     lines = ["| rows | variant | time to first step (s) | steady samples/s | peak PSS, process tree (MiB) | "
-             "peak RSS, main (MiB) |", "|---|---|---|---|---|---|"]
+             "peak USS, process tree (MiB) | peak RSS, main (MiB) |", "|---|---|---|---|---|---|---|"]
     for (size, variant), rows in sorted(runs.items()):
-        cell = lambda key: " / ".join(f"{r[key]:g}" for r in rows)  # noqa: E731
+        cell = lambda key: " / ".join(f"{r[key]:g}" if key in r else "-" for r in rows)  # noqa: E731
         lines.append(f"| {size:,} | {variant} | {cell('time_to_first_step_s')} | {cell('steady_samples_per_s')} | "
-                     f"{cell('peak_pss_tree_MiB')} | {cell('peak_rss_main_MiB')} |")
+                     f"{cell('peak_pss_tree_MiB')} | {cell('peak_uss_tree_MiB')} | {cell('peak_rss_main_MiB')} |")
     return "\n".join(lines)
 
 
