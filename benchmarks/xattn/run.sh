@@ -32,9 +32,9 @@ grid() {  # name, extra builder overrides -> manifest path (built once)
     builder.rows="$ROWS" builder.test_rows="$TEST_ROWS" builder.out="$path" "${@:2}" >&2
   echo "$path"
 }
-GRID=$(grid grid_digits)
-SPOKEN=$(grid grid_digits_spoken builder.audio="$REALDATA/fsdd/recordings")
-NUMERALS=$(grid grid_digits_numerals builder.words=0)  # every reference digit written as a numeral ("the 7")
+GRID=$(grid grid_digits builder.words=0.5)  # half the reference digits in words ("the seven"): the first task
+SPOKEN=$(grid grid_digits_spoken builder.audio="$REALDATA/fsdd/recordings" builder.words=0.5)
+NUMERALS=$(grid grid_digits_numerals)  # the builder's default: every reference digit a numeral ("the 7")
 
 SAME=(model.encoders.image.image_size=64 trainer.max_epochs="$EPOCHS")
 rows=()

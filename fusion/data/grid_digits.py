@@ -42,7 +42,7 @@ def relation(target: tuple[int, int], reference: tuple[int, int]) -> str:
 
 
 def question_for(cells: dict[tuple[int, int], str], rng: random.Random, spoken: float = 0.0,
-                 words: float = 0.5) -> tuple[str, str, str, str | None]:
+                 words: float = 0.0) -> tuple[str, str, str, str | None]:
     """A question about `cells` ((row, col) -> label), half of them positions, half relations (a share `spoken` of
     those with a spoken reference, a share `words` of the others naming the digit in words, "seven" for "7"):
     (text, label, kind, label of the spoken reference digit or None)."""
@@ -80,7 +80,7 @@ def split_pool(items: dict[str, list], fraction: float, rng: random.Random) -> d
 
 
 def build(images: str | Path, out: str | Path, rows: int = 20000, test_rows: int = 2000, test_fraction: float = 0.25,
-          cell: int = 32, audio: str | Path | None = None, spoken: float = 0.5, words: float = 0.5,
+          cell: int = 32, audio: str | Path | None = None, spoken: float = 0.5, words: float = 0.0,
           seed: int = 0) -> dict[str, int]:
     """Writes the manifest `out` and its grid images; returns the number of rows per split."""
     images, out = Path(images).expanduser(), Path(out).expanduser()
