@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from functools import partial
 from pathlib import Path
 
@@ -308,7 +309,11 @@ def train_mode(mode: str, init_model, hparams: dict, train: dict, test: dict, de
         timed_steps, timed_s = steps_per_epoch, first_epoch_s
     # the profile: more steps on the trained weights (continuing the run; the accuracy below is read before)
     acc = evaluate(model, test, device)
-    profile = profile_steps(one, epoch_batches(train_dev, batch_size, epochs, seed)[:profile_n], device)
+    try:
+        profile = profile_steps(one, epoch_batches(train_dev, batch_size, epochs, seed)[:profile_n], device)
+    except Exception as err:  # noqa: BLE001 - the timing and accuracy above still stand
+        traceback.print_exc()
+        profile = {"profile_error": f"{type(err).__name__}: {err}"}
     row = {"mode": mode, "epochs": epochs, "batch_size": batch_size, "steps": total,
            "samples_per_s": timed_steps * batch_size / timed_s, "ms_per_step": 1000 * timed_s / timed_steps,
            "first_epoch_s": first_epoch_s, "test_acc": acc, **profile}
@@ -373,24 +378,36 @@ def inference_rows(kind: str, model, test: dict, device: torch.device, args, dea
             log(f"  {kind}/{name}: skipped (time budget)")
             rows.append({"kind": kind, "variant": name, "skipped": "time budget"})
             continue
-        start = time.perf_counter()
-        logits = predict_all(fn, test, device, 1 if compiled else args.throughput_batch)
-        if reference is None:
-            reference = logits
-        labels = test["label"]
-        lat = measure_latency(lambda f=fn: f(single), device, warmup=args.warmup, iters=args.iters)
-        thr = float("nan") if compiled else measure_throughput(lambda f=fn: f(big), args.throughput_batch, device,
-                                                                warmup=2, iters=args.throughput_iters)
-        row = {"kind": kind, "variant": name, "acc": float((logits.argmax(1) == labels).float().mean()),
-               "same_predictions_as_fp32": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
-               "max_abs_logit_diff": float((logits - reference).abs().max()),
-               "p50_ms": lat.p50_ms, "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
-               f"throughput_bs{args.throughput_batch}": thr, "setup_and_eval_s": time.perf_counter() - start}
+        try:
+            row, reference = measure_variant(kind, name, fn, test, single, big, device, args, compiled, reference)
+        except Exception as err:  # noqa: BLE001 - one failing variant must not cost the other rows
+            traceback.print_exc()
+            row = {"kind": kind, "variant": name, "error": f"{type(err).__name__}: {err}"}
+            log(f"  {kind}/{name}: FAILED {row['error']}")
         rows.append(row)
-        log(f"  {kind}/{name}: acc {100 * row['acc']:.2f} %, agree {100 * row['same_predictions_as_fp32']:.2f} %, "
-            f"max diff {row['max_abs_logit_diff']:.2e}, p50 {lat.p50_ms:.3f} ms, {thr:.0f} samples/s at "
-            f"{args.throughput_batch}")
     return rows, reference
+
+
+def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dict, device: torch.device, args,
+                    compiled: bool, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
+    """One inference row: accuracy and agreement on the test split, batch-1 latency, throughput."""
+    start = time.perf_counter()
+    logits = predict_all(fn, test, device, 1 if compiled else args.throughput_batch)
+    if reference is None:
+        reference = logits
+    labels = test["label"]
+    lat = measure_latency(lambda f=fn: f(single), device, warmup=args.warmup, iters=args.iters)
+    thr = float("nan") if compiled else measure_throughput(lambda f=fn: f(big), args.throughput_batch, device,
+                                                            warmup=2, iters=args.throughput_iters)
+    row = {"kind": kind, "variant": name, "acc": float((logits.argmax(1) == labels).float().mean()),
+           "same_predictions_as_fp32": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
+           "max_abs_logit_diff": float((logits - reference).abs().max()),
+           "p50_ms": lat.p50_ms, "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
+           f"throughput_bs{args.throughput_batch}": thr, "setup_and_eval_s": time.perf_counter() - start}
+    log(f"  {kind}/{name}: acc {100 * row['acc']:.2f} %, agree {100 * row['same_predictions_as_fp32']:.2f} %, "
+        f"max diff {row['max_abs_logit_diff']:.2e}, p50 {lat.p50_ms:.3f} ms, {thr:.0f} samples/s at "
+        f"{args.throughput_batch}")
+    return row, reference
 
 
 # -------------------------------------------------------------------------------------------------- report
@@ -414,7 +431,7 @@ def acceptance(report: dict, args) -> list[dict]:
             checks.append({"check": f"{kind}/{r['variant']}: same predictions as fp32 eager (>= {100 * tol:.1f} % of rows)",
                            "value": f"{100 * r['same_predictions_as_fp32']:.2f} %, max |diff| {r['max_abs_logit_diff']:.2e}",
                            "met": r["same_predictions_as_fp32"] >= tol})
-    train = {r["mode"]: r for r in report["training"]}
+    train = {r["mode"]: r for r in report["training"] if "error" not in r}
     if "before" in train and "graph" in train:
         before, after = train["before"], train["graph"]
         checks.append({"check": "training: GPU busy >= 70 % of a step (graph)",
@@ -435,17 +452,20 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU suite ({report['machine'].get('gpu', report['machine']['device'])})", "",
              "| kind | variant | acc | same pred. as fp32 | max abs logit diff | p50 / p95 ms | speed-up over fp32 eager | "
              f"samples/s at {bs} |", "|---|---|---|---|---|---|---|---|"]
-    base = {r["kind"]: r["p50_ms"] for r in report["inference"] if r.get("variant") == "fp32"}
+    base = {r["kind"]: r["p50_ms"] for r in report["inference"] if r.get("variant") == "fp32" and "p50_ms" in r}
     for r in report["inference"]:
         if "p50_ms" not in r:
-            lines.append(f"| {r['kind']} | {r['variant']} | skipped: {r['skipped']} | | | | | |")
+            lines.append(f"| {r['kind']} | {r['variant']} | {r.get('skipped') or r.get('error')} | | | | | |")
             continue
         lines.append(f"| {r['kind']} | {r['variant']} | {100 * r['acc']:.2f} % | {100 * r['same_predictions_as_fp32']:.2f} % | "
                      f"{r['max_abs_logit_diff']:.1e} | {r['p50_ms']:.3f} / {r['p95_ms']:.3f} | "
-                     f"{base[r['kind']] / r['p50_ms']:.1f}x | {r[f'throughput_bs{bs}']:.0f} |".replace("| nan |", "| n/a |"))
+                     f"{base.get(r['kind'], float('nan')) / r['p50_ms']:.1f}x | {r[f'throughput_bs{bs}']:.0f} |".replace("| nan |", "| n/a |"))
     lines += ["", "| training mode | samples/s | ms/step | GPU busy | kernel launches/step | graph launches/step | "
               "GPU kernels/step | host syncs/step | memcpy calls/step | test acc |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["training"]:
+        if "error" in r:
+            lines.append(f"| {r['mode']} | failed: {r['error']} | | | | | | | | |")
+            continue
         g = lambda k, f="{:.1f}", r=r: f.format(r[k]) if k in r else "n/a"  # noqa: E731
         lines.append(f"| {r['mode']} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | {g('gpu_busy_fraction', '{:.2f}')} | "
                      f"{g('kernel_launch_calls_per_step')} | {g('graph_launches_per_step')} | {g('gpu_kernels_per_step')} | "
@@ -453,6 +473,11 @@ def markdown(report: dict) -> str:
     lines += ["", "| acceptance check | value | met |", "|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']} | {'yes' if c['met'] else 'no'} |" for c in report["acceptance"]]
     return "\n".join(lines) + "\n"
+
+
+def save(report: dict, out: Path) -> None:
+    """Writes what is measured so far (a later failure keeps the earlier rows)."""
+    (out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
 
 
 def main() -> None:
@@ -503,29 +528,40 @@ def main() -> None:
     train, test, spec = load_data(args.data.resolve(), args.tiny, args.seed)
     report = {"machine": machine, "settings": vars(args) | {"data": str(args.data), "out": str(args.out)},
               "training": [], "models": [], "inference": []}
-    trained = {}
+    trained, progressive_mode = {}, None
     if "progressive" in kinds or modes:
         init, hparams = build_model("progressive", spec, args.seed)
         log(f"training comparison, progressive, batch {args.batch_size}, {args.epochs} epochs: {modes}")
         for mode in modes:
-            row, model = train_mode(mode, init, hparams, train, test, device, args.epochs, args.batch_size, args.seed,
-                                    args.profile_steps)
+            try:
+                row, model = train_mode(mode, init, hparams, train, test, device, args.epochs, args.batch_size,
+                                        args.seed, args.profile_steps)
+            except Exception as err:  # noqa: BLE001 - the other modes and the inference rows still run
+                traceback.print_exc()
+                row, model = {"mode": mode, "error": f"{type(err).__name__}: {err}"}, None
+                log(f"  train {mode}: FAILED {row['error']}")
             report["training"].append(row)
-            trained_mode = "graph" if device.type == "cuda" else "eager"
-            if mode == trained_mode:
-                trained["progressive"] = model
+            if model is not None and mode in ("graph", "eager") and progressive_mode != "graph":
+                trained["progressive"], progressive_mode = model, mode  # graph's model if it trained, else eager's
+            save(report, args.out)
     references = {}
     for kind in kinds:
         if kind not in trained:
             init, hparams = build_model(kind, spec, args.seed)
-            mode = "graph" if device.type == "cuda" else "eager"
-            row, trained[kind] = train_mode(mode, init, hparams, train, test, device, args.epochs, args.batch_size,
-                                            args.seed, 0 if device.type != "cuda" else 3)
+            for mode in (("graph", "eager") if device.type == "cuda" else ("eager",)):
+                try:
+                    row, trained[kind] = train_mode(mode, init, hparams, train, test, device, args.epochs,
+                                                    args.batch_size, args.seed, 0 if device.type != "cuda" else 3)
+                    break
+                except Exception as err:  # noqa: BLE001 - fall back to the eager step
+                    traceback.print_exc()
+                    row = {"mode": mode, "error": f"{type(err).__name__}: {err}"}
             row["kind"] = kind
             report["models"].append(row)
         log(f"inference {kind}")
         rows, references[kind] = inference_rows(kind, trained[kind], test, device, args, deadline, False, None)
         report["inference"] += rows
+        save(report, args.out)
     if args.compile and device.type == "cuda":  # last: the budget cuts these first
         for kind in sorted(kinds, key=lambda k: k != "progressive"):
             log(f"inference {kind}, compiled")
@@ -533,7 +569,7 @@ def main() -> None:
                                                   references[kind])[0]
     report["acceptance"] = acceptance(report, args)
     report["seconds"] = time.perf_counter() - started
-    (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2, default=str))
+    save(report, args.out)
     (args.out / "gpu_suite.md").write_text(markdown(report))
     print(markdown(report), flush=True)
     log(f"done in {report['seconds']:.0f} s: {args.out / 'gpu_suite.json'}")
