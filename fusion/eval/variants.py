@@ -1,6 +1,7 @@
 """Inference variants of one trained model: fp32, bf16 autocast, torch.compile, and the ONNX export run by ONNX
 Runtime on the CPU in fp32 (``onnx``) and with int8 weights (``int8``: ONNX Runtime quantization; the former
-``torch.ao.quantization.quantize_dynamic`` path is deprecated upstream and gone).
+``torch.ao.quantization.quantize_dynamic`` path is deprecated upstream and gone), and on CUDA the forward pass
+replayed as one CUDA graph in fp32 (``graph``) and with bf16 weights (``graph_bf16``).
 
 Each variant is a callable ``variant(batch) -> logits`` plus the device it runs on; accuracy is measured for
 every variant by the caller, never assumed equal to the fp32 one.
@@ -16,7 +17,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 
-VARIANT_NAMES = ("fp32", "bf16", "compile", "int8", "onnx")
+VARIANT_NAMES = ("fp32", "bf16", "compile", "int8", "onnx", "graph", "graph_bf16")
 
 
 @dataclass
@@ -91,6 +92,21 @@ class OnnxRuntimeModel(nn.Module):
         return torch.from_numpy(logits)
 
 
+class CudaGraphModel(nn.Module):
+    """``batch -> logits`` by replaying the whole forward pass as a CUDA graph (fusion/inference/cuda_graph.py);
+    with ``bf16`` the weights are cast to bf16 once (`bf16_copy`; the log-mel front end stays fp32)."""
+
+    def __init__(self, model: nn.Module, bf16: bool = False):
+        super().__init__()
+        from fusion.inference.cuda_graph import GraphedModel, bf16_copy
+
+        self.inner = bf16_copy(model) if bf16 else model
+        self.graphed = GraphedModel(self.inner)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.graphed(batch)
+
+
 def build_variants(
     model: nn.Module, device: torch.device | str, names: tuple[str, ...] | list[str] = VARIANT_NAMES
 ) -> tuple[list[Variant], dict[str, str]]:
@@ -98,8 +114,8 @@ def build_variants(
 
     Args:
         model: Trained fp32 model, ``model(batch) -> (B, num_classes)`` logits.
-        device: ``cpu`` or ``cuda[:i]``. bf16 autocast is built on CUDA only, int8 and onnx
-            (ONNX Runtime) on CPU only.
+        device: ``cpu`` or ``cuda[:i]``. bf16 autocast and the CUDA-graph variants are built on
+            CUDA only, int8 and onnx (ONNX Runtime) on CPU only.
         names: Subset of ``VARIANT_NAMES``.
 
     Returns:
@@ -129,4 +145,11 @@ def build_variants(
                 skipped[name] = "ONNX export covers fusion classifiers only"
             else:
                 variants.append(Variant(name, OnnxRuntimeModel(model, int8=name == "int8"), device, eager=False))
+        elif name in ("graph", "graph_bf16"):
+            if device.type != "cuda":
+                skipped[name] = "CUDA graphs need a CUDA device"
+            elif not hasattr(model, "forward_with_details"):
+                skipped[name] = "CUDA-graph replay covers fusion classifiers only"
+            else:
+                variants.append(Variant(name, CudaGraphModel(model, bf16=name == "graph_bf16"), device, eager=False))
     return variants, skipped

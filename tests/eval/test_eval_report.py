@@ -20,11 +20,12 @@ def test_pareto_front_matches_brute_force_example():
 def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
     model, batches = trained_toy(), toy_batches()
     lines: list[str] = []
-    rows, skipped = evaluate_model("late", "late", model, batches, num_classes=3, variants=("fp32", "int8", "bf16"),
+    rows, skipped = evaluate_model("late", "late", model, batches, num_classes=3, variants=("fp32", "int8", "bf16", "graph"),
                                    warmup=2, iters=10, throughput_batch_sizes=(4, 16), log=lines.append)
     assert [r["variant"] for r in rows] == ["fp32"]
     assert "late/bf16@cpu" in skipped  # CUDA only
     assert skipped["late/int8@cpu"] == "ONNX export covers fusion classifiers only"  # int8 runs in ONNX Runtime
+    assert skipped["late/graph@cpu"] == "CUDA graphs need a CUDA device"
     assert any("fp32 on cpu: p50" in line for line in lines)  # progress is printed per variant
     fp32 = rows[0]
     assert fp32["flops"] == 2 * (16 * 32 + 32 * 3 + 20 * 32 + 32 * 3)  # per sample, batch 1
