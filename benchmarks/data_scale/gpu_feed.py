@@ -13,7 +13,7 @@ caption per row) under --root, then runs, each with a fresh model and the same s
   gpu_resident    --resident-batches batches taken from the same loader, moved to the GPU once and cycled
 
 Steady state: the wall time of batches `warmup .. warmup + steps` (CUDA synchronised at both ends).
-GPU utilisation: `nvidia-smi` sampled every 0.2 s during each steady window (mean and median of the samples),
+GPU utilisation: one `nvidia-smi -lms 200` process, its samples of each steady window (mean and median),
 or torch.cuda.utilization() where nvidia-smi is absent. Writes <out>/gpu_feed.json. About 3-5 minutes on one
 H200 with 16 CPU cores (most of it generating the files); `--accelerator cpu` with tiny sizes checks the logic.
 """
@@ -40,33 +40,41 @@ sys.path.insert(0, str(REPO))
 
 
 class UtilisationSampler(threading.Thread):
-    """(time, GPU utilisation %) every `every_s` from nvidia-smi (or torch.cuda.utilization)."""
+    """(time, GPU utilisation %) every `every_ms`: one `nvidia-smi -lms` process for the whole run, read line by
+    line (a process started before the DataLoader workers fork, so sampling does not stall while they do), or
+    torch.cuda.utilization() polled where nvidia-smi is absent."""
 
-    def __init__(self, device_uuid: str | None, every_s: float = 0.2):
+    def __init__(self, device_uuid: str | None, every_ms: int = 200):
         super().__init__(daemon=True)
-        self.uuid, self.every_s = device_uuid, every_s
+        self.uuid, self.every_ms = device_uuid, every_ms
         self.samples: list[tuple[float, float]] = []
         self.running = True
         self.source = "nvidia-smi" if shutil.which("nvidia-smi") and device_uuid else "torch.cuda.utilization"
-
-    def read(self) -> float | None:
+        self.process = None
         if self.source == "nvidia-smi":
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", self.uuid], capture_output=True, text=True, timeout=5)
-            return float(out.stdout.strip().splitlines()[0]) if out.returncode == 0 and out.stdout.strip() else None
-        import torch
-
-        try:
-            return float(torch.cuda.utilization())
-        except Exception:  # needs pynvml / amdsmi
-            return None
+            self.process = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                             "-i", self.uuid, "-lms", str(every_ms)],
+                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def run(self) -> None:
+        if self.process is not None:
+            for line in self.process.stdout:
+                if line.strip().replace(".", "", 1).isdigit():
+                    self.samples.append((time.perf_counter(), float(line)))
+            return
+        import torch
+
         while self.running:
-            value = self.read()
-            if value is not None:
-                self.samples.append((time.perf_counter(), value))
-            time.sleep(self.every_s)
+            try:
+                self.samples.append((time.perf_counter(), float(torch.cuda.utilization())))
+            except Exception:  # needs pynvml / amdsmi
+                return
+            time.sleep(self.every_ms / 1000)
+
+    def stop(self) -> None:
+        self.running = False
+        if self.process is not None:
+            self.process.terminate()
 
     def window(self, start: float, stop: float) -> dict:
         values = [v for t, v in self.samples if start <= t <= stop]
@@ -157,11 +165,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import torch
+    from generate import generate
     from hydra.utils import instantiate
 
     from fusion.commands.app import compose_config
     from fusion.data.batches import to_device
-    from generate import generate
 
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         sys.exit("--accelerator gpu, but CUDA is not available (use --accelerator cpu for a logic check)")
@@ -204,7 +212,7 @@ def main() -> None:
     phases.append(fit_phase("gpu_resident", cfg, datamodule, GpuBatches(batches, args.warmup + args.steps + 1),
                             args, sampler))
     if sampler is not None:
-        sampler.running = False
+        sampler.stop()
     resident = phases[-1]["steady_samples_per_s"]
     loader = datamodule.train_dataloader()
     result = {
