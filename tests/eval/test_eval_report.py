@@ -42,8 +42,9 @@ def test_evaluate_model_rows_and_report_files_are_written_and_parse(tmp_path):
     assert any(r["on_front"] for r in parsed["rows"])
     md = paths["md"].read_text()
     table = [line for line in md.splitlines() if line.startswith("| late |")]
-    # one variant row, one row of subset accuracies, one per modality and corruption kind (2 x 3)
-    assert len(table) == 1 + 1 + 2 * 3
+    # one variant row, the fastest-variant row, one row of subset accuracies, one per modality and corruption (2 x 3)
+    assert len(table) == 1 + 1 + 1 + 2 * 3
+    assert "| late | late | cpu | fp32 |" in md and "| 1.00x |" in md  # fp32 is the fastest that keeps its accuracy
     assert sum("| noise |" in line for line in table) == 2 and sum("| impulse |" in line for line in table) == 2
     assert f"{100 * fp32['acc']:.2f} %" in table[0]
     image = matplotlib.image.imread(paths["png"])
