@@ -48,14 +48,19 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
@@ -64,7 +69,7 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     for candidate in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):
         parts = candidate.name[len(path.name) + 2 :].split(".")
         pid = int(parts[0]) if parts and parts[0].isdigit() else None
-        if pid is not None and (pid == os.getpid() or _process_alive(pid)):
+        if pid is not None and (pid == os.getpid() or process_alive(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()

@@ -33,6 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks" / "inference"))
+
+from onnx_vs_torch import test_rows  # noqa: E402  (the manifest's test rows, paths made absolute)
 
 from fusion.eval.latency import measure_latency  # noqa: E402
 from fusion.eval.run_folder import load_run  # noqa: E402
@@ -46,17 +49,6 @@ from fusion.inference.preprocessing import Preprocessing  # noqa: E402
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def test_rows(config: dict) -> pd.DataFrame:
-    """The manifest's test rows, file paths made absolute."""
-    manifest = Path(config["data"]["manifest"])
-    frame = pd.read_csv(manifest, keep_default_na=False, dtype=str)
-    frame = frame[frame["split"] == "test"].reset_index(drop=True)
-    for column in ("image", "audio"):
-        if column in frame:
-            frame[column] = [str((manifest.parent / v).resolve()) if v else "" for v in frame[column]]
-    return frame
 
 
 class ThreadedTorch:

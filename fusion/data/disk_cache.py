@@ -20,26 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.files import fusion_home
+from fusion.files import fusion_home, process_alive
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
-
-
-def writer_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def default_cache_dir() -> Path:
@@ -105,7 +90,7 @@ class DiskCache:
                 if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
                     continue
                 pid = entry.name.split(".")[-3]
-                if pid.isdigit() and writer_alive(int(pid)):
+                if pid.isdigit() and process_alive(int(pid)):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)

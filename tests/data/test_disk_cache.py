@@ -17,7 +17,8 @@ import torch
 from torchvision import transforms
 
 from fusion.data.decoder import MediaDecoder
-from fusion.data.disk_cache import DiskCache, writer_alive
+from fusion.data.disk_cache import DiskCache
+from fusion.files import process_alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,7 +131,7 @@ def test_killing_a_run_mid_write_never_exposes_a_partial_entry(tiny_digits, tmp_
     assert len(temporary) == 1 and len(list(cache_dir.rglob("*.npy"))) == 10  # the torn write is only a temp file
     writer = int(temporary[0].name.split(".")[-3])
     deadline = time.monotonic() + 10
-    while writer_alive(writer) and time.monotonic() < deadline:  # SIGKILL is delivered asynchronously
+    while process_alive(writer) and time.monotonic() < deadline:  # SIGKILL is delivered asynchronously
         time.sleep(0.05)
 
     from fusion.data.datamodule import ManifestDataModule
