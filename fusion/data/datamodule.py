@@ -79,7 +79,7 @@ class ManifestDataModule(L.LightningDataModule):
                  image_channels: int | None = None, augment: bool = True, sample_rate: int | None = None,
                  audio_seconds: float = 1.0,
                  text_model: str | None = None, max_text_length: int = 40, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, split_seed: int = 0, cache: str | bool = "disk",
+                 test_fraction: float = 0.2, split_seed: int = 0, cache: str | bool = "none",
                  builtin_size: tuple[int, int, int] = (3000, 500, 1000), towers: dict | None = None,
                  validate: str = "header", cache_dir: str | None = None, pin_memory: bool | None = None):
         super().__init__()
