@@ -23,7 +23,13 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from fusion.data.builtin_digits import SAMPLE_RATE, WORDS, make_caption, render_digit_image, synthesize_spoken_digit
+from fusion.data.builtin_digits import (
+    SAMPLE_RATE,
+    WORDS,
+    make_caption,
+    render_digit_image,
+    synthesize_spoken_digit,
+)
 
 BANK = 200  # rendered images and recordings per generation (20 per digit)
 PER_FOLDER = 1000

@@ -153,7 +153,7 @@ def report(paths: list[Path]) -> str:
     lines = ["| rows | variant | time to first step (s) | steady samples/s | peak PSS, process tree (MiB) | "
              "peak USS, process tree (MiB) | peak RSS, main (MiB) |", "|---|---|---|---|---|---|---|"]
     for (size, variant), rows in sorted(runs.items()):
-        cell = lambda key: " / ".join(f"{r[key]:g}" if key in r else "-" for r in rows)  # noqa: E731
+        cell = lambda key, rows=rows: " / ".join(f"{r[key]:g}" if key in r else "-" for r in rows)  # noqa: E731
         lines.append(f"| {size:,} | {variant} | {cell('time_to_first_step_s')} | {cell('steady_samples_per_s')} | "
                      f"{cell('peak_pss_tree_MiB')} | {cell('peak_uss_tree_MiB')} | {cell('peak_rss_main_MiB')} |")
     return "\n".join(lines)
