@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.fusions.base import Fusion, FusionResult, named_weights, stack_mask
-from fusion.fusions.gating import ModalityGate
+from fusion.fusions.base import Fusion, FusionResult, named_weights
+from fusion.fusions.gating import ModalityGate, presence
 from fusion.fusions.late import confidence_features
 from fusion.fusions.progressive import FUSED
 
@@ -156,7 +156,7 @@ class CrossAttentionFusion(Fusion):
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
              token_mask: dict[str, torch.Tensor] | None = None) -> CrossAttentionResult:
-        present = stack_mask(mask, self.modalities)  # (B, M)
+        present = presence(mask, self.modalities)  # (B, M); no host check while captured or compiled
         streams, own, shared, grids, decisions = {}, {}, {}, [], {}
         for i, m in enumerate(self.modalities):
             tokens = features[m] if features[m].dim() == 3 else features[m].unsqueeze(1)  # (B, T, D)
