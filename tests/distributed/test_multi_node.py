@@ -31,6 +31,7 @@ def launch_node(node_rank: int, port: int, manifest, default_run_dir) -> subproc
                f"trainer.devices={DEVICES}", f"trainer.num_nodes={NODES}", "comm_hook=int8",
                f"data.manifest={manifest}", f"data.batch_size={BATCH}", f"trainer.max_epochs={EPOCHS}",
                "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "++ddp_timeout_s=60",
+               "data.num_workers=0",  # the run folder is under test, not the loader: no worker processes per rank
                f"hydra.run.dir={default_run_dir}"]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES} | {"OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
