@@ -51,6 +51,12 @@ rows+=(--run grid/xattn-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" m
        --run grid/xattn-lr1e-3-nodrop recipe=xattn data.manifest="$GRID" "${SAME[@]}" model.modality_dropout=0 model.lr=0.001 model.fusion.block_lr_scale=0.5)
 rows+=(--run grid-numerals/xattn-nodrop recipe=xattn data.manifest="$NUMERALS" "${SAME[@]}" model.modality_dropout=0
        --run grid-numerals/xattn-lr5e-4-nodrop recipe=xattn data.manifest="$NUMERALS" "${SAME[@]}" model.modality_dropout=0 model.lr=0.0005 model.fusion.block_lr_scale=1)
+# recipe=xattn_grid is the row above (its defaults: 20 epochs, lr 5e-4, no modality dropout, image side 64); the
+# other fusion kinds with the same settings
+rows+=(--run grid-numerals/xattn_grid recipe=xattn_grid data.manifest="$NUMERALS" trainer.max_epochs="$EPOCHS")
+for recipe in early late progressive; do
+  rows+=(--run "grid-numerals/$recipe" recipe=$recipe data.manifest="$NUMERALS" "${SAME[@]}" model.modality_dropout=0 model.lr=0.0005)
+done
 for recipe in progressive xattn; do
   rows+=(--run "grid-spoken/$recipe" recipe=$recipe data.manifest="$SPOKEN" "${SAME[@]}"
          --run "builtin/$recipe" recipe=$recipe)

@@ -24,18 +24,28 @@ import torch
 from torch import nn
 
 
+def _cast_inputs_to_weight(module: nn.Module, inputs: tuple) -> tuple:
+    dtype = module.weight.dtype
+    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+
+
 def bf16_copy(model: nn.Module) -> nn.Module:
-    """A copy of a FusionModel with bf16 weights; encoders with a `frontend` (the log-mel audio tower) keep it in
-    fp32 and cast its output, and the other encoders cast their floating inputs (images) to bf16. Logits bf16."""
+    """A copy of a FusionModel with bf16 weights. Encoders with a `frontend` (the log-mel audio tower) keep it in
+    fp32 and cast its output; every other module with a floating `weight` casts floating inputs to that weight's
+    dtype (an image reaching the first convolution through `forward` or `forward_tokens`; a no-op on bf16
+    activations). Logits bf16."""
     copy_ = copy.deepcopy(model).to(torch.bfloat16)
+    frontends = set()
     for encoder in copy_.encoders.values():
         frontend = getattr(encoder, "frontend", None)
         if isinstance(frontend, nn.Module):
             frontend.float()  # STFT and log of power: fp32 range
             frontend.register_forward_hook(lambda _m, _inputs, out: out.to(torch.bfloat16))
-        else:
-            encoder.register_forward_pre_hook(lambda _m, inputs: tuple(
-                x.to(torch.bfloat16) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs))
+            frontends.update(id(m) for m in frontend.modules())
+    for module in copy_.modules():
+        weight = getattr(module, "weight", None)
+        if id(module) not in frontends and isinstance(weight, torch.Tensor) and weight.is_floating_point():
+            module.register_forward_pre_hook(_cast_inputs_to_weight)
     return copy_
 
 

@@ -77,7 +77,8 @@ class ClassificationTask(L.LightningModule):
         warmup_epochs: linear warm-up before the cosine decay (fractional epochs allowed).
         label_smoothing: label smoothing of every cross-entropy term (keeps heads from over-confidence).
         train_step: "lightning" (Lightning's optimisation loop) or a mode of fusion/tasks/train_step.py: "eager",
-            "compile" or "graph" (the whole step one CUDA graph): the sync-free step with fused AdamW; training
+            "compile", "graph" (the whole step one CUDA graph) or "compile_graph" (that graph around the compiled
+            forward): the sync-free step with fused AdamW; training
             loss and accuracy are then logged per epoch (not per step) and gate means are not logged.
     """
 

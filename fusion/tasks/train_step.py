@@ -10,7 +10,9 @@ A default step of the small fusion models launches ~900 kernels for ~4 ms of GPU
 - ``graph``: the whole step (forward, loss, backward, optimizer) captured once in a CUDA graph with static
   batch buffers and replayed, after ``warmup`` eager steps on a side stream (the PyTorch "whole network
   capture" recipe). Random draws (dropout, modality dropout, SpecAugment) advance per replay. A batch of
-  another size (the last, partial one) runs eagerly.
+  another size (the last, partial one) runs eagerly;
+- ``compile_graph``: ``graph`` around the torch.compile'd forward + loss (Inductor's fused kernels: fewer nodes
+  in the graph); compiled during the warm-up steps.
 
 The learning rate is a device tensor, so a scheduler stepping on the host changes it for the graph too.
 """
@@ -25,7 +27,8 @@ from torch import nn
 from fusion.errors import ConfigError
 from fusion.fusions.base import FusionResult
 
-MODES = ("eager", "compile", "graph")
+MODES = ("eager", "compile", "graph", "compile_graph")
+GRAPH_MODES = ("graph", "compile_graph")
 
 # (model result, batch) -> (total loss to minimise, fused cross-entropy to report), both () tensors
 LossFn = Callable[[FusionResult, dict], tuple[torch.Tensor, torch.Tensor]]
@@ -74,13 +77,13 @@ class TrainStep:
             raise ConfigError(f"train_step mode must be one of {list(MODES)}, got {mode!r}")
         self.model, self.optimizer, self.loss_fn, self.mode = model, optimizer, loss_fn, mode
         self.device = next(model.parameters()).device
-        if mode == "graph" and self.device.type != "cuda":
-            raise ConfigError(f"train_step mode 'graph' needs a CUDA device, the model is on '{self.device}'")
-        if mode == "graph" and not all(group.get("capturable", False) for group in optimizer.param_groups):
-            raise ConfigError("train_step mode 'graph' needs a capturable optimizer (make_adamw on CUDA)")
+        if mode in GRAPH_MODES and self.device.type != "cuda":
+            raise ConfigError(f"train_step mode '{mode}' needs a CUDA device, the model is on '{self.device}'")
+        if mode in GRAPH_MODES and not all(group.get("capturable", False) for group in optimizer.param_groups):
+            raise ConfigError(f"train_step mode '{mode}' needs a capturable optimizer (make_adamw on CUDA)")
         self.warmup = warmup
         self.stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x B, correct, samples
-        self.forward_loss = torch.compile(self._forward_loss) if mode == "compile" else self._forward_loss
+        self.forward_loss = torch.compile(self._forward_loss) if "compile" in mode else self._forward_loss
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict | None = None
         self.steps = 0
@@ -108,7 +111,7 @@ class TrainStep:
         """One step on `batch` (tensors already on the model's device)."""
         self.model.train()
         self.steps += 1
-        if self.mode != "graph":
+        if self.mode not in GRAPH_MODES:
             self._eager(batch)
             return
         if self.graph is not None:

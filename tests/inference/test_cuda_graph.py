@@ -74,3 +74,27 @@ def test_bf16_copy_keeps_the_predictions_and_the_frontend_in_fp32():
         expected, got = model(batch), half(batch).float()
     assert torch.equal(got.argmax(1), expected.argmax(1))
     torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
+
+
+def test_bf16_copy_casts_inputs_that_reach_encoders_through_their_tokens():
+    """Cross-attention fusion reads the image tower through `forward_tokens`, not `forward`: the bf16 copy casts
+    the image at its first weighted layer, so the fp32 batch runs and gives logits close to fp32 (tiny model)."""
+    from fusion.encoders.audio import AudioEncoder
+    from fusion.encoders.image import ImageEncoder
+    from fusion.fusions.cross_attention import CrossAttentionFusion
+    from fusion.fusions.model import FusionModel
+    from fusion.inference.cuda_graph import bf16_copy
+
+    torch.manual_seed(0)
+    encoders = {"image": ImageEncoder(out_dim=12, width=4, image_size=32),
+                "audio": AudioEncoder(n_mels=16, out_dim=10, width=4, augment=False)}
+    model = FusionModel(encoders, CrossAttentionFusion({"image": 12, "audio": 10}, 5, hidden_dim=16,
+                                                       num_heads=2)).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(6, 1, 32, 32, generator=g), "audio": 0.1 * torch.randn(6, 8000, generator=g),
+             "mask": {"image": torch.ones(6, dtype=torch.bool), "audio": torch.ones(6, dtype=torch.bool)}}
+    half = bf16_copy(model)
+    with torch.inference_mode():
+        expected, got = model(batch), half(batch)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)

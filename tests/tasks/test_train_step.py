@@ -87,8 +87,9 @@ def test_eager_steps_equal_a_plain_loop():
 def test_graph_mode_needs_cuda_and_a_known_mode():
     model = tiny_model()
     optimizer = make_adamw(model.parameters(), 1e-3, 0.0, "cpu")
-    with pytest.raises(ConfigError, match="mode 'graph' needs a CUDA device"):
-        TrainStep(model, optimizer, lambda r, b: (r.logits.sum(), r.logits.sum()), mode="graph")
+    for mode in ("graph", "compile_graph"):
+        with pytest.raises(ConfigError, match=f"mode '{mode}' needs a CUDA device"):
+            TrainStep(model, optimizer, lambda r, b: (r.logits.sum(), r.logits.sum()), mode=mode)
     with pytest.raises(ConfigError, match="train_step mode must be one of"):
         TrainStep(model, optimizer, lambda r, b: (r.logits.sum(), r.logits.sum()), mode="fast")
 
@@ -102,12 +103,13 @@ def test_presence_checks_eagerly_and_not_while_compiling():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_graph_step_trains_like_the_eager_step():
+@pytest.mark.parametrize("mode", ["graph", "compile_graph"])
+def test_graph_step_trains_like_the_eager_step(mode):
     torch.backends.cudnn.deterministic = True
     eager_model, graph_model = tiny_model().cuda(), tiny_model().cuda()
     loss_fn = lambda r, b: classification_loss(r, b["label"], r.mask, 0.1, 0.5)  # noqa: E731
     eager = TrainStep(eager_model, make_adamw(eager_model.parameters(), 1e-2, 1e-4, "cuda"), loss_fn)
-    graph = TrainStep(graph_model, make_adamw(graph_model.parameters(), 1e-2, 1e-4, "cuda"), loss_fn, mode="graph",
+    graph = TrainStep(graph_model, make_adamw(graph_model.parameters(), 1e-2, 1e-4, "cuda"), loss_fn, mode=mode,
                       warmup=2)
     for seed in range(6):  # 2 warm-up steps, the capture (and its first replay), 3 replays
         batch = tiny_batch(seed, "cuda")
