@@ -1,7 +1,8 @@
 """LightningDataModule for audio-video sync: a folder of in-sync talking-face videos with injected offsets.
 
-Every file is decoded once (mouth crops, tracked or cut with a fixed box, + log-mel at the video rate) and cached
-under ``cache_dir`` (the key holds every decoding and tracking setting). Training
+Every file is decoded once (mouth crops, tracked or cut with a fixed box, + log-mel at the video rate), in
+parallel worker processes, into one disk-cache entry per file under ``cache_dir`` (keyed by the file's bytes and
+every decoding and tracking setting; fusion/data/sync_clips.py); windows read the memory-mapped entries. Training
 windows get a fresh random offset (constant, or a linear drift) each time they are drawn; validation and test
 windows are drawn once from ``eval_seed``, so evaluation is deterministic.
 """
@@ -9,8 +10,6 @@ windows are drawn once from ``eval_seed``, so evaluation is deterministic.
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -21,11 +20,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusion.data.distributed_eval_sampler import with_eval_sampler
 from fusion.data.face_track import TrackerConfig
-from fusion.data.progress import logged
 from fusion.data.sync_augment import SyncAugment
-from fusion.data.video_io import DEFAULT_MOUTH_BOX, MOUTH_MODES, load_sync_clip
+from fusion.data.sync_clips import SyncClipDecoder, load_sync_clips
+from fusion.data.video_io import DEFAULT_MOUTH_BOX, MOUTH_MODES
 from fusion.errors import ConfigError, MissingFileError
-from fusion.files import atomic_write, fusion_home
+from fusion.files import fusion_home
 from fusion.temporal.offsets import (
     inject_offset,
     offsets_to_states,
@@ -40,12 +39,13 @@ VIDEO_EXTENSIONS = (".mpg", ".mpeg", ".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def window_item(clip: dict, offsets: torch.Tensor, start: int, max_offset: int, subframes: int,
                 drift: bool, index: int) -> dict:
-    """One sample: the shifted window of ``clip`` as model inputs and labels."""
+    """One sample: the shifted window of ``clip`` as model inputs and labels (copied out of the clip's arrays,
+    which may be read-only memory maps)."""
     window = inject_offset(clip["mouth"], clip["audio"], offsets, start, subframes)
     steps = offsets.shape[0]
     return {
-        "video": window.mouth,  # (W, h, w) uint8
-        "audio": window.audio.view(steps, -1),  # (W, S*F)
+        "video": window.mouth.clone(),  # (W, h, w) uint8
+        "audio": window.audio.float().view(steps, -1),  # (W, S*F) float32 (float16 in the clip)
         "offset": window.offsets,  # (W,) frames
         "state": offsets_to_states(window.offsets, max_offset),  # (W,)
         "frame_mask": torch.ones(steps, dtype=torch.bool),
@@ -113,7 +113,7 @@ class SyncDataModule(L.LightningDataModule):
 
     Args:
         video_dir: folder with the video files (searched recursively).
-        cache_dir: where decoded clips are cached (default: $FUSION_HOME/cache/sync).
+        cache_dir: where decoded clips are cached, one entry per file (default: $FUSION_HOME/cache/sync).
         num_test: clips held out for testing (seeded split of the sorted file list).
         num_val: clips held out for checkpoint selection.
         split_seed: seed of the split.
@@ -126,6 +126,8 @@ class SyncDataModule(L.LightningDataModule):
         eval_repeats: constant (and drift) windows per evaluation clip.
         batch_size: windows per batch.
         num_workers: DataLoader workers.
+        decode_workers: processes decoding the files not yet in the cache (null = usable CPUs less one, at
+            least 1; 1 = in this process).
         sample_rate: audio resampling rate.
         n_mels: mel bands.
         subframes: audio feature steps per video frame.
@@ -147,7 +149,8 @@ class SyncDataModule(L.LightningDataModule):
                  subframes: int = 4, crop_size: int = 32, mouth: str = "track",
                  mouth_box: tuple[float, float, float, float] | list[float] = DEFAULT_MOUTH_BOX,
                  tracker: dict | None = None, on_error: str = "raise", augment: dict | bool = True,
-                 max_clips: int | None = None, test_names: str | None = None) -> None:
+                 max_clips: int | None = None, test_names: str | None = None,
+                 decode_workers: int | None = None) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -155,13 +158,15 @@ class SyncDataModule(L.LightningDataModule):
             raise ConfigError(f"data.mouth must be one of {MOUTH_MODES}, got {mouth!r}")
         if max_offset < 1 or window < 2:
             raise ConfigError(f"data.max_offset ({max_offset}) must be >= 1 and data.window ({window}) >= 2")
+        if decode_workers is not None and decode_workers < 1:
+            raise ConfigError(f"data.decode_workers must be >= 1 or null (usable CPUs less one), got {decode_workers}")
         self.video_dir = Path(video_dir).expanduser() if video_dir else None
         self.cache_dir = Path(cache_dir) if cache_dir else fusion_home() / "cache" / "sync"
         self.num_test, self.num_val, self.split_seed = num_test, num_val, split_seed
         self.max_offset, self.window = max_offset, window
         self.drift_fraction, self.min_drift, self.max_drift = drift_fraction, min_drift, max_drift
         self.eval_seed, self.eval_repeats = eval_seed, eval_repeats
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.decode_workers = batch_size, num_workers, decode_workers
         self.tracker = TrackerConfig(**dict(tracker or {}))
         self.features = {"sample_rate": sample_rate, "n_mels": n_mels, "subframes": subframes,
                          "crop_size": crop_size, "mouth": mouth, "mouth_box": [float(x) for x in mouth_box]}
@@ -185,34 +190,14 @@ class SyncDataModule(L.LightningDataModule):
             raise MissingFileError(f"data.video_dir '{self.video_dir}' has no video files ({', '.join(VIDEO_EXTENSIONS)})")
         return files
 
-    def _cache_path(self, files: list[Path]) -> Path:
-        key = json.dumps({"files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
-                          "features": self.features}, sort_keys=True)
-        return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    @property
+    def decoder(self) -> SyncClipDecoder:
+        """Decodes files with this module's feature settings, through its cache."""
+        return SyncClipDecoder(self.features, self.tracker, str(self.cache_dir))
 
     def load_clips(self) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Decodes (or loads from the cache) every file; returns clips and (file, problem) pairs."""
-        files = self.list_files()
-        cache = self._cache_path(files)
-        if cache.is_file():
-            stored = torch.load(cache, weights_only=True)
-            log.info("%d decoded clips from the cache %s", len(stored["clips"]), cache)
-            return stored["clips"], [tuple(p) for p in stored["problems"]]
-        f = self.features
-        clips, problems = [], []
-        log.info("decoding %d videos (mouth crops + log-mel) once; cached in %s", len(files), cache)
-        for path in logged(files, "videos", log):
-            try:
-                clip = load_sync_clip(path, f["sample_rate"], f["n_mels"], f["subframes"], tuple(f["mouth_box"]),
-                                      (f["crop_size"], f["crop_size"]), f["mouth"], self.tracker)
-            except (ValueError, FileNotFoundError, RuntimeError) as err:
-                problems.append((str(path), str(err)))
-                continue
-            clips.append({"name": path.stem, "path": str(path), "mouth": clip["mouth"],
-                          "audio": clip["audio"].half(), "fps": clip["fps"], "face": clip["face"].half()})
-        with atomic_write(cache, "wb") as f:
-            torch.save({"clips": clips, "problems": problems}, f)
-        return clips, problems
+        """Decodes (or loads from the cache) every file; returns memory-mapped clips and (file, problem) pairs."""
+        return load_sync_clips(self.list_files(), self.decoder, self.decode_workers)
 
     def prepare(self, run_dir: str | Path | None = None) -> None:
         """Decodes/validates every video, splits them, and records unusable files.
@@ -244,8 +229,6 @@ class SyncDataModule(L.LightningDataModule):
         if self.test_names is None and len(usable) <= self.num_test + self.num_val:
             raise ConfigError(f"{len(usable)} usable videos in '{self.video_dir}' leave none for training "
                              f"(data.num_test={self.num_test}, data.num_val={self.num_val})")
-        for clip in usable:
-            clip["audio"] = clip["audio"].float()
         order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
         if self.test_names is not None:
             held = [i for i in order if self.test_names.search(usable[i]["name"])]
