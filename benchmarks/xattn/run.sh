@@ -7,7 +7,8 @@
 #    with $REALDATA/fsdd/recordings, under datasets/;
 # 2. trains every fusion kind on it with the same encoders (image side 64) and epochs, three xattn variants
 #    (lower learning rate everywhere, 3 blocks, decision gate), and progressive and xattn on the built-in digits
-#    with the default recipes (`python train.py recipe=...`), through benchmarks/sweep.py;
+#    with the default recipes (`python train.py recipe=...`), through benchmarks/sweep.py (a manifest is built only
+#    when a row to run uses it);
 # 3. writes OUT/results.md|json (the table), OUT/sweep.log, OUT/by_question.json (test accuracy per question
 #    kind) and OUT/attention_maps.tar (predict.py attention_maps= pictures of the grid xattn run).
 # Settings (environment): EPOCHS (grid task, 15), ROWS / TEST_ROWS (grid rows, 20000 / 2000), SEEDS ("0"),
@@ -26,15 +27,14 @@ SWEEP=${SWEEP:-checkpoints/sweeps/xattn}
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/gpus.txt" 2>/dev/null || true
 
-grid() {  # name, extra builder overrides -> manifest path (built once)
+grid() {  # manifest name, extra builder overrides: builds it once (when a row to run uses it)
   local path=$PWD/datasets/$1-$ROWS/manifest.csv
   [[ -f $path ]] || "$PY" -m fusion.commands.manifest builder=grid_digits builder.images="$REALDATA/mnist" \
     builder.rows="$ROWS" builder.test_rows="$TEST_ROWS" builder.out="$path" "${@:2}" >&2
-  echo "$path"
 }
-GRID=$(grid grid_digits builder.words=0.5)  # half the reference digits in words ("the seven"): the first task
-SPOKEN=$(grid grid_digits_spoken builder.audio="$REALDATA/fsdd/recordings" builder.words=0.5)
-NUMERALS=$(grid grid_digits_numerals)  # the builder's default: every reference digit a numeral ("the 7")
+GRID=$PWD/datasets/grid_digits-$ROWS/manifest.csv  # half the reference digits in words ("the seven"): the first task
+SPOKEN=$PWD/datasets/grid_digits_spoken-$ROWS/manifest.csv
+NUMERALS=$PWD/datasets/grid_digits_numerals-$ROWS/manifest.csv  # the builder's default: every reference digit a numeral
 
 SAME=(model.encoders.image.image_size=64 trainer.max_epochs="$EPOCHS")
 rows=()
@@ -71,15 +71,22 @@ if [[ -n ${ROWS_FILTER:-} ]]; then  # keep only the rows whose name matches
   done
   rows=("${kept[@]}")
 fi
+used() { [[ " ${rows[*]} " == *"data.manifest=$1 "* ]]; }
+if used "$GRID"; then grid grid_digits builder.words=0.5; fi
+if used "$SPOKEN"; then grid grid_digits_spoken builder.audio="$REALDATA/fsdd/recordings" builder.words=0.5; fi
+if used "$NUMERALS"; then grid grid_digits_numerals; fi
 ${SWEEP_SECONDS:+timeout "$SWEEP_SECONDS"} "$PY" benchmarks/sweep.py --out "$SWEEP" --jobs "${JOBS:-8}" --threads "${THREADS:-2}" --gpus "$GPUS" \
   --seeds ${SEEDS:-0} "${rows[@]}" > "$OUT/sweep.log" 2>&1 || true
 "$PY" benchmarks/sweep.py --out "$SWEEP" --report > /dev/null
 cp "$SWEEP/results.md" "$SWEEP/results.json" "$OUT/"
 "$PY" benchmarks/xattn/by_question.py "$SWEEP" > "$OUT/by_question.json" 2>> "$OUT/sweep.log" || true
-XATTN=$(ls -d "$SWEEP"/grid/xattn/seed*/ 2>/dev/null | head -1)
-if [[ -n $XATTN && -f $XATTN/best.ckpt ]]; then
-  TEST=$(dirname "$GRID")/test.csv  # the test rows only, beside the images their relative paths name
-  grep -E '^(split|test),' "$GRID" > "$TEST"
+for pair in "grid-numerals/xattn_grid:$NUMERALS" "grid/xattn:$GRID"; do  # attention maps of the first that ran
+  XATTN=$(ls -d "$SWEEP/${pair%%:*}"/seed*/ 2>/dev/null | head -1)
+  [[ -n $XATTN && -f $XATTN/best.ckpt ]] || continue
+  MANIFEST=${pair#*:}
+  TEST=$(dirname "$MANIFEST")/test.csv  # the test rows only, beside the images their relative paths name
+  grep -E '^(split|test),' "$MANIFEST" > "$TEST"
   "$PY" predict.py run="$XATTN" data.manifest="$TEST" attention_maps=24 out="$OUT/maps" >> "$OUT/sweep.log" 2>&1 || true
   [[ -d $OUT/maps/attention ]] && tar -C "$OUT/maps" -cf "$OUT/attention_maps.tar" attention && rm -rf "$OUT/maps"
-fi
+  break
+done
