@@ -113,14 +113,18 @@ class SyncClipDecoder:
         return f"sync/v{CACHE_FORMAT}/" + json.dumps(self.features, sort_keys=True)
 
     def decode(self, path: str | Path) -> tuple[np.ndarray, bool]:
-        """The entry of one file (clip or problem) and whether it may be cached (a missing file is not)."""
+        """The entry of one file (clip or problem) and whether it may be cached.
+
+        Problems of the file's bytes (ValueError: undecodable, no video stream, no face) are cached; a missing
+        file or a RuntimeError (which may pass, e.g. out of memory) is reported and tried again next time.
+        """
         f = self.features
         try:
             clip = load_sync_clip(path, f["sample_rate"], f["n_mels"], f["subframes"], tuple(f["mouth_box"]),
                                   (f["crop_size"], f["crop_size"]), f["mouth"], self.tracker)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, RuntimeError) as err:
             return problem_entry(path, str(err)), False
-        except (ValueError, RuntimeError) as err:
+        except ValueError as err:
             return problem_entry(path, str(err)), True
         return clip_entry(clip), True
 
