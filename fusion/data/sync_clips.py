@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from fusion.data.disk_cache import DiskCache
 from fusion.data.face_track import TrackerConfig
 from fusion.data.validation import Progress, usable_cpus
 from fusion.data.video_io import load_sync_clip
+from fusion.data.worker_pool import process_pool, results
 
 log = logging.getLogger(__name__)
 
@@ -198,21 +198,18 @@ def load_sync_clips(files: list[Path], decoder: SyncClipDecoder, workers: int | 
                  len(files), workers, cache.root)
     with Progress(len(todo), "sync decode") as progress:
         if workers == 1:
-            results = ((i, decoder.decode_into_cache(path, key)) for i, path, key in todo)
+            done = ((i, decoder.decode_into_cache(path, key)) for i, path, key in todo)
         else:
-            # fork is cheap; a process that uses CUDA must not fork
-            method = "spawn" if torch.cuda.is_initialized() or "fork" not in multiprocessing.get_all_start_methods() else "fork"
-            pool = multiprocessing.get_context(method).Pool(workers, _start_worker, (decoder,))
-            results = pool.imap_unordered(_decode_task, todo)
+            pool = process_pool(workers, _start_worker, (decoder,))
+            done = results(pool.map(_decode_task, todo), "decoding videos", "data.decode_workers=1")
         try:
-            for index, entry in results:
+            for index, entry in done:
                 if entry is not None:
                     entries |= dict.fromkeys(sharing[keys[index]], entry)
                 progress.update(1)
         finally:
             if workers > 1:
-                pool.terminate()
-                pool.join()
+                pool.shutdown(cancel_futures=True)
     clips, problems = [], []
     for index, path in enumerate(files):
         entry = entries[index] if index in entries else cache.get(keys[index])  # decoded now: read back mapped

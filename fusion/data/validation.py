@@ -9,20 +9,19 @@ Every problem is returned at once, each with its row, column and file.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from fusion.data.decoder import MediaDecoder
 from fusion.data.manifest import FILE_MODALITIES, ManifestRow, Problem
 from fusion.data.media import MediaError
 from fusion.data.media_checks import check_header
 from fusion.data.row_table import RowTable
+from fusion.data.worker_pool import process_pool, results
 from fusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -112,10 +111,8 @@ def validate_media(rows: Sequence[ManifestRow], mode: str = "header", decoder: M
                 problems += found
                 progress.update(checked)
         else:
-            # fork is cheap and shares the rows; a process that uses CUDA must not fork
-            method = "spawn" if torch.cuda.is_initialized() or "fork" not in multiprocessing.get_all_start_methods() else "fork"
-            with multiprocessing.get_context(method).Pool(workers, _start_worker, (rows, mode, decoder)) as pool:
-                for found, checked in pool.imap(_check_range, parts):
+            with process_pool(workers, _start_worker, (rows, mode, decoder)) as pool:
+                for found, checked in results(pool.map(_check_range, parts), f"checking media files ({mode})"):
                     problems += found
                     progress.update(checked)
     _start_worker(None, mode, None)
