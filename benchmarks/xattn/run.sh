@@ -81,7 +81,7 @@ ${SWEEP_SECONDS:+timeout "$SWEEP_SECONDS"} "$PY" benchmarks/sweep.py --out "$SWE
 cp "$SWEEP/results.md" "$SWEEP/results.json" "$OUT/"
 "$PY" benchmarks/xattn/by_question.py "$SWEEP" > "$OUT/by_question.json" 2>> "$OUT/sweep.log" || true
 for pair in "grid-numerals/xattn_grid:$NUMERALS" "grid/xattn:$GRID"; do  # attention maps of the first that ran
-  XATTN=$(ls -d "$SWEEP/${pair%%:*}"/seed*/ 2>/dev/null | head -1)
+  XATTN=$(ls -d "$SWEEP/${pair%%:*}"/seed*/ 2>/dev/null | head -1 || true)
   [[ -n $XATTN && -f $XATTN/best.ckpt ]] || continue
   MANIFEST=${pair#*:}
   TEST=$(dirname "$MANIFEST")/test.csv  # the test rows only, beside the images their relative paths name
