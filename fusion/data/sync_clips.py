@@ -200,7 +200,8 @@ def load_sync_clips(files: list[Path], decoder: SyncClipDecoder, workers: int | 
         if workers == 1:
             done = ((i, decoder.decode_into_cache(path, key)) for i, path, key in todo)
         else:
-            pool = process_pool(workers, _start_worker, (decoder,))
+            # spawned: a forked child can deadlock in OpenCV's thread pool, which does not survive a fork
+            pool = process_pool(workers, _start_worker, (decoder,), fork=False)
             done = results(pool.map(_decode_task, todo), "decoding videos", "data.decode_workers=1")
         try:
             for index, entry in done:

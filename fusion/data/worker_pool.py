@@ -15,10 +15,11 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 
-def process_pool(workers: int, initializer: Callable, initargs: tuple) -> ProcessPoolExecutor:
+def process_pool(workers: int, initializer: Callable, initargs: tuple, fork: bool = True) -> ProcessPoolExecutor:
     """`workers` processes, each set up by `initializer(*initargs)`. Forked where possible (cheap, shares the
-    parent's memory); spawned once the process has used CUDA, which must not fork."""
-    fork = "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
+    parent's memory); spawned with ``fork=False`` (libraries whose thread pools do not survive a fork, such as
+    OpenCV's once the parent used it) or once the process has used CUDA, which must not fork."""
+    fork = fork and "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized()
     return ProcessPoolExecutor(workers, multiprocessing.get_context("fork" if fork else "spawn"), initializer, initargs)
 
 
