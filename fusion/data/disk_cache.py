@@ -49,6 +49,15 @@ class DiskCache:
         digest.update(source)
         return digest.hexdigest()
 
+    @staticmethod
+    def file_key(path: str | Path, settings: str, piece_bytes: int = 1 << 20) -> str:
+        """`key` of the bytes of the file at `path`, read in pieces (for files too large to hold at once)."""
+        digest = hashlib.blake2b(settings.encode() + b"\0", digest_size=20)
+        with open(path, "rb") as f:
+            while piece := f.read(piece_bytes):
+                digest.update(piece)
+        return digest.hexdigest()
+
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
 

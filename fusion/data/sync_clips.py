@@ -10,7 +10,6 @@ reading), so it is named again without decoding it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -31,21 +30,11 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when what is stored for the same settings changes
 FILE_MARK = "{file}"  # stands for the file's path in a cached problem message
-READ_BYTES = 1 << 20
 
 
 def default_decode_workers() -> int:
     """Usable CPUs less one (for this process), at least 1."""
     return max(1, usable_cpus() - 1)
-
-
-def file_key(path: str | Path, settings: str) -> str:
-    """`DiskCache.key(bytes of path, settings)`, reading the file in pieces."""
-    digest = hashlib.blake2b(settings.encode() + b"\0", digest_size=20)
-    with open(path, "rb") as f:
-        while piece := f.read(READ_BYTES):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def clip_entry(clip: dict) -> np.ndarray:
@@ -181,7 +170,7 @@ def load_sync_clips(files: list[Path], decoder: SyncClipDecoder, workers: int | 
     todo, sharing = [], {}  # sharing: key -> indices of the files with those bytes
     for index, path in enumerate(files):
         try:
-            keys[index] = file_key(path, settings)
+            keys[index] = DiskCache.file_key(path, settings)
         except OSError as err:
             entries[index] = problem_entry(path, f"cannot read video file '{path}' ({err.strerror})")
             continue

@@ -150,3 +150,10 @@ def test_killing_a_run_mid_write_never_exposes_a_partial_entry(tiny_digits, tmp_
                     assert torch.equal(a[m], b[m]), (split, i, m)
     files = {path for split in plain.datasets.values() for row in split.rows for m, path in row.media.items() if m != "text"}
     assert len(list(cache_dir.rglob("*.npy"))) == len(files)  # the writer's 10 entries were read, not duplicated
+
+
+def test_file_key_read_in_pieces_equals_the_key_of_the_whole_bytes(tmp_path):
+    path = tmp_path / "clip.bin"
+    path.write_bytes(bytes(range(256)) * 41)  # 10,496 bytes: several pieces of 1,000 and a short last one
+    assert DiskCache.file_key(path, "video/x", piece_bytes=1000) == DiskCache.key(path.read_bytes(), "video/x")
+    assert DiskCache.file_key(path, "video/y") != DiskCache.key(path.read_bytes(), "video/x")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fusion.data.sync_clips as sync_clips
+from fusion.data.disk_cache import DiskCache
 from fusion.data.sync_clips import SyncClipDecoder, load_sync_clips
 from fusion.data.sync_data import SyncDataModule
 from tests.helpers.clips import write_clip
@@ -72,12 +73,12 @@ def test_half_written_entries_are_never_read(folder, tmp_path, decodes):
     cache = tmp_path / "cache"
     clips = [{k: c[k].clone() for k in ("mouth", "audio")} for c in load(folder, cache)[0]]  # maps of files cut below
     decoder = SyncClipDecoder(FEATURES, cache_root=str(cache))
-    entry = decoder.cache.path(sync_clips.file_key(folder / "clip1.mpg", decoder.settings()))
+    entry = decoder.cache.path(DiskCache.file_key(folder / "clip1.mpg", decoder.settings()))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     temp = entry.with_name(f".{entry.name}.{int(dead.stdout)}.0123abcd.tmp")
     temp.write_bytes(entry.read_bytes()[:100])  # a writer killed mid-write
     entry.write_bytes(entry.read_bytes()[:-50])  # an entry cut short (e.g. a power loss)
-    other = decoder.cache.path(sync_clips.file_key(folder / "clip2.mpg", decoder.settings()))
+    other = decoder.cache.path(DiskCache.file_key(folder / "clip2.mpg", decoder.settings()))
     np.save(other, np.zeros(3))  # loads, but is not a clip entry
     decodes.clear()
     again, _ = load(folder, cache)
