@@ -2,14 +2,14 @@
 
 Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 /
 p95 of fp32 eager, bf16 (weights cast once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each
-(fusion/inference/cuda_graph.py) and, with --compile, the graph of the torch.compile'd fp32 and bf16 forward
-(batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
+(fusion/inference/cuda_graph.py), also with 4-D weights channels-last (`_cl`), and, with --compile, the graph
+of the torch.compile'd fp32 and bf16 forward (batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
 every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
 
 Training, default progressive recipe, batch 64, the batches already on the GPU, the same initial weights and
 batch order for every mode: the former eager loop (boolean-indexed loss, `bool()` checks, default AdamW), the
-sync-free eager step (fusion/tasks/train_step.py) and the whole step as one CUDA graph (and torch.compile with
---compile): samples/s, and from torch.profiler kernel launches, host synchronisations and copies per step and
+sync-free eager step (fusion/tasks/train_step.py), the whole step as one CUDA graph and that graph around the
+compiled forward and loss (--train-modes; default before,eager,graph,compile_graph): samples/s, and from torch.profiler kernel launches, host synchronisations and copies per step and
 the GPU busy fraction (union of kernel time / wall time), then test accuracy after the same epochs.
 
     python benchmarks/latency/gpu_suite.py --data ../shared/data --out /tmp/gpu_suite
