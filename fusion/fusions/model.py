@@ -17,13 +17,23 @@ class FusionModel(nn.Module):
         encoders: modality -> encoder mapping that modality's batch value to (B, D); must expose `out_dim`.
         fusion: a Fusion built for {modality: encoder.out_dim}.
         modality_dropout: share of training samples shown only a random proper subset of their modalities.
+        isolate_branches: each modality's encoder and decision head learn only from that modality's loss (as a
+            model of it alone would); the fused layers and gates learn from the fused loss (`Fusion.fused_view`).
+        single_modality_fallback: a sample with one modality present gets that modality's own decision
+            (log-probabilities of its head), so losing the others costs no more than having a model of it alone.
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0):
+    def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
+                 isolate_branches: bool = False, single_modality_fallback: bool = False):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
+        if isolate_branches and not fusion.supports_isolated_branches:
+            raise ConfigError(f"{type(fusion).__name__} has no per-modality branches to isolate: "
+                              "set model.isolate_branches=false")
+        fusion.isolate_branches = isolate_branches
+        self.single_modality_fallback = single_modality_fallback
         lacking = [m for m, e in encoders.items() if self.needs_tokens and not hasattr(e, "forward_tokens")]
         if lacking:
             raise ConfigError(f"{type(fusion).__name__} fuses tokens, but the {lacking} encoder has no forward_tokens")
@@ -58,8 +68,21 @@ class FusionModel(nn.Module):
         else:
             result = self.fusion.fuse(self.encode(batch), mask)
         result.mask = mask  # what the fusion saw: losses and logged gate means must use this, not the batch's
+        if self.single_modality_fallback and result.unimodal_logits:
+            result.logits = single_modality_decisions(result.logits, result.unimodal_logits, mask)
         return result
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Batch dict -> logits (B, K)."""
         return self.forward_with_details(batch).logits
+
+
+def single_modality_decisions(logits: torch.Tensor, unimodal_logits: dict[str, torch.Tensor],
+                              mask: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`logits` (B, K), with the rows that have exactly one modality present replaced by that modality's
+    log-probabilities (its head in ``unimodal_logits``: modality -> (B, K)); ``mask``: modality -> (B,) bool."""
+    modalities = sorted(unimodal_logits)
+    present = torch.stack([mask[m].bool() for m in modalities], dim=1)  # (B, M)
+    logp = torch.stack([torch.log_softmax(unimodal_logits[m], dim=1) for m in modalities], dim=1)  # (B, M, K)
+    alone = torch.where(present.unsqueeze(-1), logp, torch.zeros_like(logp)).sum(dim=1).to(logits.dtype)  # (B, K)
+    return torch.where((present.sum(dim=1) == 1).unsqueeze(-1), alone, logits)
