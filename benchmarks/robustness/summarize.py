@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusion.eval.robustness import gate_of
 
-FUSIONS = ["early", "late", "progressive", "progressive_no_corruption", "two_stage"]
+FUSIONS = ["early", "late", "progressive", "progressive_joint"]
 TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
 
 
@@ -40,7 +40,13 @@ def summarize(root: Path) -> dict:
         rows: dict = {}
         for row in sorted(p for p in split.iterdir() if p.is_dir()):
             seeds = [load(seed) for seed in sorted(row.glob("seed*"))]
-            entry = {"acc": mean([s["metrics"].get("test/acc") for s in seeds if "metrics" in s]), "seeds": len(seeds)}
+            trained = [s["metrics"] for s in seeds if "metrics" in s]
+            entry = {"acc": mean([m.get("test/acc") for m in trained]), "seeds": len(trained),
+                     "per_seed": [m.get("test/acc") for m in trained],
+                     # with model.single_modality_fallback a sample with one modality gets that modality's
+                     # decision, so these are the accuracies with the other modality removed
+                     "decision_acc": {k.rsplit("/", 1)[1]: mean([m.get(k) for m in trained])
+                                      for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")}}
             evaluated = [s["robustness"] for s in seeds if "robustness" in s]
             if evaluated:
                 entry["subsets"] = {name: mean([r["subsets"][name]["acc"] for r in evaluated])
@@ -62,26 +68,31 @@ def summarize(root: Path) -> dict:
 
 def checks(summary: dict) -> list[str]:
     """The issue's acceptance lines, one table row per split and fusion."""
-    lines = ["| split | fusion | clean acc | best unimodal | image removed / audio-only | audio removed / image-only "
-             "| gate falls (noise, occlusion, impulse) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| split | fusion | clean acc (seeds) | best unimodal | image removed / audio-only "
+             "| audio removed / image-only | gate falls (noise, occlusion, impulse) |", "|---|---|---|---|---|---|---|"]
     for split, rows in summary.items():
         image_only, audio_only = rows.get("image_only", {}).get("acc"), rows.get("audio_only", {}).get("acc")
         for fusion in FUSIONS:
             row = rows.get(fusion)
-            if not row or "subsets" not in row:
+            if not row or row.get("acc") is None or image_only is None or audio_only is None:
                 continue
+            removed = row.get("subsets") or row["decision_acc"]  # modality present alone -> accuracy
             gates = " ".join(f"{k.split('/')[0][0]}:{k.split('/')[1][:3]}={'yes' if v['gate_falls'] else 'NO'}"
-                             for k, v in row["corruption"].items() if v["gate_falls"] is not None)
-            best = max(a for a in (image_only, audio_only) if a is not None)
-            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} | {100 * best:.2f} "
-                         f"| {100 * row['subsets']['audio']:.2f} / {100 * audio_only:.2f} "
-                         f"| {100 * row['subsets']['image']:.2f} / {100 * image_only:.2f} | {gates} |")
-    lines += ["", "| split | progressive on degraded images | clip (align only) |", "|---|---|---|"]
+                             for k, v in row.get("corruption", {}).items() if v["gate_falls"] is not None) or "n/a"
+            seeds = " / ".join(f"{100 * a:.1f}" for a in row["per_seed"])
+            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({seeds}) | {100 * max(image_only, audio_only):.2f} "
+                         f"| {_pct(removed.get('audio'))} / {100 * audio_only:.2f} "
+                         f"| {_pct(removed.get('image'))} / {100 * image_only:.2f} | {gates} |")
+    lines += ["", "| split | progressive on degraded images (seeds) |", "|---|---|"]
     for split, rows in summary.items():
-        degraded, clip = rows.get("progressive_degraded", {}).get("acc"), rows.get("clip", {}).get("acc")
-        lines.append(f"| {split} | {'n/a' if degraded is None else f'{100 * degraded:.2f}'} "
-                     f"| {'n/a' if clip is None else f'{100 * clip:.2f}'} |")
+        degraded = rows.get("progressive_degraded", {})
+        seeds = " / ".join(f"{100 * a:.1f}" for a in degraded.get("per_seed", []))
+        lines.append(f"| {split} | {_pct(degraded.get('acc'))} ({seeds}) |")
     return lines
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def main() -> None:
