@@ -172,7 +172,9 @@ class CorruptionAugment:
                 raise ConfigError("model.corruption.kinds.text: 'occlusion' applies to image, audio and video")
 
     def __call__(self, batch: dict) -> dict:
-        """Returns a corrupted copy of ``batch`` (B rows; masks and labels unchanged)."""
+        """Returns a corrupted copy of ``batch`` (B rows; masks and labels unchanged) with ``"corrupted"``:
+        modality -> (B,) bool, the rows whose modality was corrupted (`classification_loss` keeps them out of
+        that modality's own loss)."""
         modalities = [m for m in sorted(batch["mask"]) if self.kinds.get(m)]
         if self.p <= 0 or not modalities:
             return batch
@@ -181,10 +183,12 @@ class CorruptionAugment:
         chosen = _rand((present.shape[0],), None, device) < self.p  # (B,)
         target = (_rand(present.shape, None, device) * present).argmax(dim=1)  # (B,) a random present modality
         levels = _rand((present.shape[0],), None, device) * self.max_level  # (B,)
+        corrupted = {}
         for i, m in enumerate(modalities):
             rows = chosen & present[:, i] & (target == i)  # (B,)
             kinds = self.kinds[m]
             pick = (_rand((present.shape[0],), None, device) * len(kinds)).long().clamp_max(len(kinds) - 1)  # (B,)
             for k, kind in enumerate(kinds):
                 batch = corrupt(batch, m, kind, levels * (rows & (pick == k)))
-        return batch
+            corrupted[m] = rows
+        return {**batch, "corrupted": corrupted}

@@ -61,6 +61,14 @@ def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[s
     return total, loss
 
 
+def clean_rows(seen: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    """modality -> (B,) bool: the rows where the modality was seen and not corrupted by training corruption
+    (``batch["corrupted"]``, see CorruptionAugment): a modality's own loss learns from clean inputs, the gates and
+    fused layers also from corrupted ones."""
+    corrupted = batch.get("corrupted", {})
+    return {m: seen[m] & ~corrupted[m] if m in corrupted else seen[m] for m in seen}
+
+
 class ClassificationTask(L.LightningModule):
     """Trains a FusionModel with cross-entropy on the fused logits plus auxiliary per-modality losses.
 
@@ -124,7 +132,7 @@ class ClassificationTask(L.LightningModule):
         result = self.model.forward_with_details(batch)
         labels = batch["label"]
         seen = result.mask or batch["mask"]  # after modality dropout: a dropped modality's head saw nothing
-        total, loss = classification_loss(result, labels, seen, self.hparams.label_smoothing,
+        total, loss = classification_loss(result, labels, clean_rows(seen, batch), self.hparams.label_smoothing,
                                           self.hparams.unimodal_loss_weight)
         batch_size = labels.shape[0]
         metrics = getattr(self, f"{stage}_metrics")
@@ -192,7 +200,7 @@ class ClassificationTask(L.LightningModule):
         return None
 
     def _step_loss(self, result: FusionResult, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return classification_loss(result, batch["label"], result.mask, self.hparams.label_smoothing,
+        return classification_loss(result, batch["label"], clean_rows(result.mask, batch), self.hparams.label_smoothing,
                                    self.hparams.unimodal_loss_weight)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -86,6 +86,29 @@ def test_augmentation_corrupts_one_present_modality_of_a_share_p_of_rows():
     assert image.float().mean().item() == pytest.approx(0.2, abs=0.03)
     assert torch.equal(out["text"]["input_ids"], batch["text"]["input_ids"])
     assert out["mask"] is batch["mask"] and out["label"] is batch["label"]
+    changed = {"image": image, "audio": audio}  # a drawn level of 0 leaves a chosen row unchanged
+    for m in ("image", "audio"):
+        assert not (changed[m] & ~out["corrupted"][m]).any()
+        assert (out["corrupted"][m] & ~changed[m]).float().mean().item() < 0.01
+    assert not out["corrupted"]["text"].any()
+
+
+def test_a_corrupted_row_leaves_its_modalitys_own_loss():
+    from fusion.fusions.base import FusionResult
+    from fusion.tasks.classify import classification_loss, clean_rows
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0, 1, 2, 0])
+    heads = {"audio": torch.randn(4, 3, generator=g), "image": torch.randn(4, 3, generator=g)}
+    result = FusionResult(torch.randn(4, 3, generator=g), unimodal_logits=heads)
+    seen = {"audio": torch.tensor([True, True, False, True]), "image": torch.ones(4, dtype=torch.bool)}
+    batch = {"corrupted": {"audio": torch.tensor([False, True, False, False]), "image": torch.tensor([True, False, False, False])}}
+    rows = clean_rows(seen, batch)
+    assert rows["audio"].tolist() == [True, False, False, True] and rows["image"].tolist() == [False, True, True, True]
+    total, fused = classification_loss(result, labels, rows, unimodal_weight=1.0)
+    ce = lambda m, r: torch.nn.functional.cross_entropy(heads[m][r], labels[r])  # noqa: E731
+    expected = fused + (ce("audio", [0, 3]) + ce("image", [1, 2, 3])) / 2
+    torch.testing.assert_close(total, expected)
 
 
 def test_bad_settings_name_the_key():
