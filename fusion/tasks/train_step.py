@@ -132,7 +132,9 @@ class TrainStep:
         self.static = _clone(batch)
         self.optimizer.zero_grad(set_to_none=True)  # the graph's backward allocates (and then overwrites) grads
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: a CUDA call of another thread during capture (the DataLoader's pin-memory thread
+        # allocating pinned memory, a checkpoint written in the background) must not invalidate the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             total, update = self.forward_loss(self.static)
             total.backward()
             self.optimizer.step()
