@@ -147,7 +147,9 @@ class GraphedModel:
                 self._run(static)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):  # a private pool per graph: replays in any order
+        # a private pool per graph: replays in any order; thread_local: other threads' CUDA calls (a DataLoader's
+        # pin-memory thread) cannot invalidate the capture
+        with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
             logits, gates = self._run(static)
         return _Captured(graph, static, logits, gates)
 
