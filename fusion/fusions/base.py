@@ -32,21 +32,7 @@ class FusionResult:
 
 
 class Fusion(nn.Module):
-    """Base class: subclasses implement `fuse`; `forward(features, mask)` returns the fused logits (B, K).
-
-    A fusion with one branch per modality (its projection and decision head, `FusionResult.unimodal_logits`)
-    that supports ``isolate_branches`` reads every branch output through `fused_view`: with the flag on
-    (set by FusionModel), each modality's encoder and head learn only from that modality's own loss, the way a
-    model of that modality alone would, and the gates and fused layers learn from the fused loss on detached
-    inputs.
-    """
-
-    supports_isolated_branches = False
-    isolate_branches = False
-
-    def fused_view(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` as the fused layers and gates see it: detached when the branches are isolated."""
-        return x.detach() if self.isolate_branches else x
+    """Base class: subclasses implement `fuse`; `forward(features, mask)` returns the fused logits (B, K)."""
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         raise NotImplementedError

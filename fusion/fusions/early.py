@@ -14,7 +14,7 @@ class EarlyFusion(Fusion):
 
     A linear head per modality reads its projection (before the gate), so the task can train each projection
     to be useful on its own: the trunk then still gets informative features when the other modalities are
-    missing. Branch of a modality (see `Fusion.isolate_branches`): its projection and its head.
+    missing.
 
     Args:
         modality_dims: modality -> pooled feature size.
@@ -39,15 +39,13 @@ class EarlyFusion(Fusion):
         self.trunk = nn.Sequential(*layers, nn.Linear(width, num_classes))
         self.heads = nn.ModuleDict({m: nn.Linear(hidden_dim, num_classes) for m in self.modalities})
 
-    supports_isolated_branches = True
-
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = presence(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
-        weights, reg = self.gate({m: self.fused_view(f) for m, f in features.items()}, mask)  # (B, M)
+        weights, reg = self.gate(features, mask)  # (B, M)
         scale = weights * present.sum(1, keepdim=True)  # (B, M): 1 each under a uniform gate, 0 if absent
         projected = {m: self.proj[m](features[m]) for m in self.modalities}  # m -> (B, H)
-        joined = [self.fused_view(projected[m]) * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
+        joined = [projected[m] * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
         joined.append(present.to(joined[0].dtype))
         logits = self.trunk(torch.cat(joined, dim=1))  # (B, K)
         unimodal = {m: self.heads[m](projected[m]) for m in self.modalities}  # m -> (B, K)

@@ -20,8 +20,7 @@ class LateFusion(Fusion):
     """Per-modality heads; fused log-probabilities are the gate-weighted sum of each head's log-probabilities.
 
     The gate sees each modality's features and the confidence of its decision, so a modality that is unsure
-    on a sample (e.g. speech of an unseen speaker) can be down-weighted for that sample. Branch of a modality
-    (see `Fusion.isolate_branches`): its head.
+    on a sample (e.g. speech of an unseen speaker) can be down-weighted for that sample.
 
     Args:
         modality_dims: modality -> pooled feature size.
@@ -40,15 +39,12 @@ class LateFusion(Fusion):
                                     for m, d in modality_dims.items()})
         self.gate = ModalityGate({m: d + num_classes + 1 for m, d in modality_dims.items()}, **(gate or {}))
 
-    supports_isolated_branches = True
-
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         presence(mask, self.modalities)
         features = drop_absent(features, mask, self.modalities)
         decisions = {m: self.heads[m](features[m]) for m in self.modalities}  # m -> (B, K)
-        gate_in = {m: torch.cat([self.fused_view(features[m]), confidence_features(decisions[m])], dim=1)
-                   for m in self.modalities}
+        gate_in = {m: torch.cat([features[m], confidence_features(decisions[m])], dim=1) for m in self.modalities}
         weights, reg = self.gate(gate_in, mask)  # (B, M)
-        logp = torch.stack([torch.log_softmax(self.fused_view(decisions[m]), dim=1) for m in self.modalities], dim=1)  # (B, M, K)
+        logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in self.modalities], dim=1)  # (B, M, K)
         logits = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
         return FusionResult(logits, named_weights("decision", self.modalities, weights), reg, decisions)

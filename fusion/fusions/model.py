@@ -17,22 +17,16 @@ class FusionModel(nn.Module):
         encoders: modality -> encoder mapping that modality's batch value to (B, D); must expose `out_dim`.
         fusion: a Fusion built for {modality: encoder.out_dim}.
         modality_dropout: share of training samples shown only a random proper subset of their modalities.
-        isolate_branches: each modality's encoder and decision head learn only from that modality's loss (as a
-            model of it alone would); the fused layers and gates learn from the fused loss (`Fusion.fused_view`).
         single_modality_fallback: a sample with one modality present gets that modality's own decision
             (log-probabilities of its head), so losing the others costs no more than having a model of it alone.
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
-                 isolate_branches: bool = False, single_modality_fallback: bool = False):
+                 single_modality_fallback: bool = False):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
-        if isolate_branches and not fusion.supports_isolated_branches:
-            raise ConfigError(f"{type(fusion).__name__} has no per-modality branches to isolate: "
-                              "set model.isolate_branches=false")
-        fusion.isolate_branches = isolate_branches
         self.single_modality_fallback = single_modality_fallback
         lacking = [m for m, e in encoders.items() if self.needs_tokens and not hasattr(e, "forward_tokens")]
         if lacking:

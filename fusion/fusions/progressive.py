@@ -28,8 +28,6 @@ FUSED = "~fused"  # name of the fused decision among the decision gate's inputs 
 class ProgressiveFusion(Fusion):
     """Gated multi-stage fusion with feedback of the fused state into the modality streams.
 
-    Branch of a modality (see `Fusion.isolate_branches`): its input projection and its decision head.
-
     Args:
         modality_dims: modality -> pooled feature size.
         num_classes: output classes.
@@ -71,14 +69,11 @@ class ProgressiveFusion(Fusion):
         state_dim = h if decision_gate_inputs == "states" else 0
         self.decision_gate = ModalityGate({m: state_dim + num_classes + 1 for m in [*self.modalities, FUSED]}, **gate)
 
-    supports_isolated_branches = True
-
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = presence(mask, self.modalities)  # (B, M)
         features = drop_absent(features, mask, self.modalities)
         unimodal_states = {m: self.inputs[m](features[m]) for m in self.modalities}  # m -> (B, H)
-        streams = {m: self.fused_view(state) for m, state in unimodal_states.items()}
-        branch_states = streams
+        streams = unimodal_states
         fused = None
         gate_weights, reg = {}, present.new_zeros((), dtype=streams[self.modalities[0]].dtype)
         for s in range(len(self.stage_gates)):
@@ -92,10 +87,9 @@ class ProgressiveFusion(Fusion):
             reg = reg + stage_reg
         decisions = {m: self.heads[m](unimodal_states[m]) for m in self.modalities}  # m -> (B, K), no feedback in them
         decisions[FUSED] = self.fused_head(fused)  # (B, K)
-        states = {**branch_states, FUSED: fused}
+        states = {**unimodal_states, FUSED: fused}
         decision_mask = {**mask, FUSED: torch.ones_like(mask[self.modalities[0]], dtype=torch.bool)}
-        mixed = {name: self.fused_view(d) if name != FUSED else d for name, d in decisions.items()}
-        logits, weights, decision_reg = self._decide(mixed, decision_mask, states)
+        logits, weights, decision_reg = self._decide(decisions, decision_mask, states)
         names = self.decision_gate.modalities
         gate_weights.update(named_weights("decision", [n.replace(FUSED, "fused") for n in names], weights))
         unimodal = {m: decisions[m] for m in self.modalities}

@@ -26,16 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0,
-                       isolate_branches: bool = False, single_modality_fallback: bool = False) -> FusionModel:
+                       single_modality_fallback: bool = False) -> FusionModel:
     """Instantiates the encoders of the data's modalities (a config, or a tower name such as "tv:resnet18") and a
-    fusion over their output sizes (the flags: see FusionModel)."""
+    fusion over their output sizes (`single_modality_fallback`: see FusionModel)."""
     missing = [m for m in data_spec["modalities"] if m not in encoders]
     if missing:
         raise ConfigError(f"model.encoders has no config for modality {missing} present in the data")
     built = {m: instantiate(encoder_config(m, encoders[m])) for m in data_spec["modalities"]}
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
-    return FusionModel(built, fusion_module, modality_dropout, isolate_branches, single_modality_fallback)
+    return FusionModel(built, fusion_module, modality_dropout, single_modality_fallback)
 
 
 def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[str, torch.Tensor],
@@ -77,7 +77,6 @@ class ClassificationTask(L.LightningModule):
         encoders: modality -> encoder config (`_target_` + arguments).
         fusion: fusion config (`_target_` + arguments; modality_dims and num_classes are filled in).
         modality_dropout: share of training samples shown only a random proper subset of their modalities.
-        isolate_branches: each modality's encoder and head learn only from their own loss (FusionModel).
         single_modality_fallback: a sample with one modality present gets that modality's decision (FusionModel).
         corruption: training corruption of one modality per sample (fields of fusion.data.corruption.CorruptionAugment).
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
@@ -97,8 +96,7 @@ class ClassificationTask(L.LightningModule):
                  unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
-                 train_step: str = "lightning", isolate_branches: bool = False,
-                 single_modality_fallback: bool = False):
+                 train_step: str = "lightning", single_modality_fallback: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if train_step not in ("lightning", *STEP_MODES):
@@ -107,8 +105,7 @@ class ClassificationTask(L.LightningModule):
             raise ConfigError(f"model.train_step={train_step} uses fused AdamW; it needs model.optimizer=adamw")
         self.automatic_optimization = train_step == "lightning"
         self._stepper: TrainStep | None = None
-        self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, isolate_branches,
-                                        single_modality_fallback)
+        self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, single_modality_fallback)
         self.corruption = CorruptionAugment(**(corruption or {}))
         k = data_spec["num_classes"]
         metrics = torchmetrics.MetricCollection({
