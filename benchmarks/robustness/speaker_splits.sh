@@ -20,7 +20,6 @@ for s in "$@"; do
   [ -f "$degraded" ] || build "$s" "$degraded" builder.degrade=0.35
   m="data.manifest=$clean"
   rows+=(--run "$s/early" recipe=early "$m" --run "$s/late" recipe=late "$m" --run "$s/progressive" recipe=progressive "$m"
-         --run "$s/progressive_joint" recipe=progressive "$m" model.isolate_branches=false
          --run "$s/progressive_no_corruption" recipe=progressive "$m" model.corruption.p=0
          --run "$s/image_only" recipe=progressive "$m" "data.modalities=[image]" model.corruption.p=0
          --run "$s/audio_only" recipe=progressive "$m" "data.modalities=[audio]" model.corruption.p=0
@@ -29,7 +28,7 @@ done
 $LIMIT $PYTHON benchmarks/sweep.py --out "$OUT/runs" --jobs "$JOBS" --gpus "$GPUS" --seeds $SEEDS "${rows[@]}" \
   --common "trainer.max_epochs=$EPOCHS" $COMMON || true
 device=cpu; if [ "$GPUS" != 0 ]; then device=cuda; fi
-for s in "$@"; do for row in early late progressive progressive_joint progressive_no_corruption; do
+for s in "$@"; do for row in early late progressive progressive_no_corruption; do
   for seed in $SEEDS; do
     run=$OUT/runs/$s/$row/seed$seed
     if [ -f "$run/metrics.json" ] && [ ! -f "$run/report.json" ]; then echo "$run"; fi

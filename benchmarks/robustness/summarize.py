@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusion.eval.robustness import gate_of
 
-FUSIONS = ["early", "late", "progressive", "progressive_joint", "progressive_no_corruption"]
+FUSIONS = ["early", "late", "progressive", "progressive_no_corruption"]
 TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
 
 
