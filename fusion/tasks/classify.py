@@ -128,9 +128,8 @@ class ClassificationTask(L.LightningModule):
             batch = self.corruption(batch)
         result = self.model.forward_with_details(batch)
         labels = batch["label"]
-        seen = result.mask or batch["mask"]  # after modality dropout: a dropped modality's head saw nothing
-        total, loss = classification_loss(result, labels, clean_rows(seen, batch), self.hparams.label_smoothing,
-                                          self.hparams.unimodal_loss_weight)
+        seen = result.mask  # after modality dropout: a dropped modality's head saw nothing
+        total, loss = self._step_loss(result, batch)
         batch_size = labels.shape[0]
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(result.logits.detach(), labels)
