@@ -93,24 +93,6 @@ def test_augmentation_corrupts_one_present_modality_of_a_share_p_of_rows():
     assert not out["corrupted"]["text"].any()
 
 
-def test_a_corrupted_row_leaves_its_modalitys_own_loss():
-    from fusion.fusions.base import FusionResult
-    from fusion.tasks.classify import classification_loss, clean_rows
-
-    g = torch.Generator().manual_seed(1)
-    labels = torch.tensor([0, 1, 2, 0])
-    heads = {"audio": torch.randn(4, 3, generator=g), "image": torch.randn(4, 3, generator=g)}
-    result = FusionResult(torch.randn(4, 3, generator=g), unimodal_logits=heads)
-    seen = {"audio": torch.tensor([True, True, False, True]), "image": torch.ones(4, dtype=torch.bool)}
-    batch = {"corrupted": {"audio": torch.tensor([False, True, False, False]), "image": torch.tensor([True, False, False, False])}}
-    rows = clean_rows(seen, batch)
-    assert rows["audio"].tolist() == [True, False, False, True] and rows["image"].tolist() == [False, True, True, True]
-    total, fused = classification_loss(result, labels, rows, unimodal_weight=1.0)
-    ce = lambda m, r: torch.nn.functional.cross_entropy(heads[m][r], labels[r])  # noqa: E731
-    expected = fused + (ce("audio", [0, 3]) + ce("image", [1, 2, 3])) / 2
-    torch.testing.assert_close(total, expected)
-
-
 def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match="model.corruption.p"):
         CorruptionAugment(p=1.5)

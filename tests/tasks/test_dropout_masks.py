@@ -1,5 +1,6 @@
 """Modality dropout: the per-modality losses and the logged gate means use the mask the fusion was given, so a
-dropped modality's head is never trained to predict the label from nothing."""
+dropped modality's head is never trained to predict the label from nothing; a row whose modality training
+corruption hit stays out of that modality's loss too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from fusion.fusions.base import FusionResult
+from fusion.tasks.classify import classification_loss, clean_rows
 from tests.helpers.recipes import compose_recipe
 
 
@@ -53,3 +56,18 @@ def test_gate_weight_of_a_dropped_modality_is_zero(tiny_digits):
     for name, weights in result.gate_weights.items():
         modality = name.split("/")[-1]
         assert torch.all(weights.detach()[~result.mask[modality]] == 0), name
+
+
+def test_a_corrupted_row_leaves_its_modalitys_own_loss():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0, 1, 2, 0])
+    heads = {"audio": torch.randn(4, 3, generator=g), "image": torch.randn(4, 3, generator=g)}
+    result = FusionResult(torch.randn(4, 3, generator=g), unimodal_logits=heads)
+    seen = {"audio": torch.tensor([True, True, False, True]), "image": torch.ones(4, dtype=torch.bool)}
+    batch = {"corrupted": {"audio": torch.tensor([False, True, False, False]), "image": torch.tensor([True, False, False, False])}}
+    rows = clean_rows(seen, batch)
+    assert rows["audio"].tolist() == [True, False, False, True] and rows["image"].tolist() == [False, True, True, True]
+    total, fused = classification_loss(result, labels, rows, unimodal_weight=1.0)
+    ce = lambda m, r: torch.nn.functional.cross_entropy(heads[m][r], labels[r])  # noqa: E731
+    expected = fused + (ce("audio", [0, 3]) + ce("image", [1, 2, 3])) / 2
+    torch.testing.assert_close(total, expected)
