@@ -43,16 +43,20 @@ class DiskCache:
         self.root = Path(root).expanduser()
 
     @staticmethod
+    def _digest(settings: str) -> hashlib.blake2b:
+        return hashlib.blake2b(settings.encode() + b"\0", digest_size=20)
+
+    @staticmethod
     def key(source: bytes, settings: str) -> str:
         """Hex key of a source file's bytes and a settings string (e.g. "image/L/resize=32/crop=32")."""
-        digest = hashlib.blake2b(settings.encode() + b"\0", digest_size=20)
+        digest = DiskCache._digest(settings)
         digest.update(source)
         return digest.hexdigest()
 
     @staticmethod
     def file_key(path: str | Path, settings: str, piece_bytes: int = 1 << 20) -> str:
         """`key` of the bytes of the file at `path`, read in pieces (for files too large to hold at once)."""
-        digest = hashlib.blake2b(settings.encode() + b"\0", digest_size=20)
+        digest = DiskCache._digest(settings)
         with open(path, "rb") as f:
             while piece := f.read(piece_bytes):
                 digest.update(piece)
