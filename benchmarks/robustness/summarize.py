@@ -79,20 +79,22 @@ def checks(summary: dict) -> list[str]:
             removed = row.get("subsets") or row["decision_acc"]  # modality present alone -> accuracy
             gates = " ".join(f"{k.split('/')[0][0]}:{k.split('/')[1][:3]}={'yes' if v['gate_falls'] else 'NO'}"
                              for k, v in row.get("corruption", {}).items() if v["gate_falls"] is not None) or "n/a"
-            seeds = " / ".join(f"{100 * a:.1f}" for a in row["per_seed"])
-            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({seeds}) | {100 * max(image_only, audio_only):.2f} "
+            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({_seeds(row['per_seed'])}) | {100 * max(image_only, audio_only):.2f} "
                          f"| {_pct(removed.get('audio'))} / {100 * audio_only:.2f} "
                          f"| {_pct(removed.get('image'))} / {100 * image_only:.2f} | {gates} |")
     lines += ["", "| split | progressive on degraded images (seeds) |", "|---|---|"]
     for split, rows in summary.items():
         degraded = rows.get("progressive_degraded", {})
-        seeds = " / ".join(f"{100 * a:.1f}" for a in degraded.get("per_seed", []))
-        lines.append(f"| {split} | {_pct(degraded.get('acc'))} ({seeds}) |")
+        lines.append(f"| {split} | {_pct(degraded.get('acc'))} ({_seeds(degraded.get('per_seed', []))}) |")
     return lines
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _seeds(accuracies: list[float]) -> str:
+    return " / ".join(f"{100 * a:.1f}" for a in accuracies)
 
 
 def main() -> None:
