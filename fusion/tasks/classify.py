@@ -93,7 +93,7 @@ class ClassificationTask(L.LightningModule):
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.3,
-                 unimodal_loss_weight: float = 0.5, lr: float = 2e-3, weight_decay: float = 1e-4,
+                 unimodal_loss_weight: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
                  train_step: str = "lightning", single_modality_fallback: bool = False):
