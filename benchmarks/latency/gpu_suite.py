@@ -190,6 +190,18 @@ class LegacyStep:
                                   torch.full((), n, dtype=torch.float64, device=self.sums.device)])
 
 
+def sync_free_step(model, hparams: dict, mode: str, device: torch.device) -> TrainStep:
+    """The task's sync-free step (fusion/tasks/train_step.py) in `mode`: fused AdamW and the classification loss
+    with the task's label smoothing and unimodal loss weight."""
+    optimizer = make_adamw(model.parameters(), hparams["lr"], hparams["weight_decay"], device)
+
+    def loss_fn(result, batch):
+        return classification_loss(result, batch["label"], result.mask, hparams["label_smoothing"],
+                                   hparams["unimodal_loss_weight"])
+
+    return TrainStep(model, optimizer, loss_fn, mode=mode)
+
+
 def schedule(optimizer, total_steps: int, warmup_steps: int):
     """The task's schedule: linear warm-up, then cosine decay, stepped per optimizer step."""
     warmup = max(1, min(total_steps - 1, warmup_steps))
@@ -282,10 +294,8 @@ def train_mode(mode: str, init_model, hparams: dict, train: dict, test: dict, de
         runner = LegacyStep(model, hparams, device)
         optimizer = runner.optimizer
     else:
-        optimizer = make_adamw(model.parameters(), hparams["lr"], hparams["weight_decay"], device)
-        loss_fn = lambda result, batch: classification_loss(  # noqa: E731
-            result, batch["label"], result.mask, hparams["label_smoothing"], hparams["unimodal_loss_weight"])
-        runner = TrainStep(model, optimizer, loss_fn, mode=mode)
+        runner = sync_free_step(model, hparams, mode, device)
+        optimizer = runner.optimizer
     sched = schedule(optimizer, total, int(hparams["warmup_epochs"] * steps_per_epoch))
 
     def one(batch):

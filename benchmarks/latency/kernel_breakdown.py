@@ -25,13 +25,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_suite import build_model, epoch_batches, load_data, profile_steps  # noqa: E402
+from gpu_suite import build_model, epoch_batches, load_data, profile_steps, sync_free_step  # noqa: E402
 
 from fusion.data.batches import take_batch, to_device  # noqa: E402
 from fusion.eval.latency import measure_latency  # noqa: E402
 from fusion.inference.cuda_graph import GraphedModel, bf16_copy  # noqa: E402
-from fusion.tasks.classify import classification_loss  # noqa: E402
-from fusion.tasks.train_step import TrainStep, make_adamw  # noqa: E402
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -58,14 +56,7 @@ def kernels(fn, calls: int) -> dict:
 
 def train_row(mode: str, spec: dict, train_dev: dict, device: torch.device) -> dict:
     init, hparams = build_model("progressive", spec, 0)
-    model = init.to(device)
-    optimizer = make_adamw(model.parameters(), hparams["lr"], hparams["weight_decay"], device)
-
-    def loss_fn(result, batch):
-        return classification_loss(result, batch["label"], result.mask, hparams["label_smoothing"],
-                                   hparams["unimodal_loss_weight"])
-
-    step = TrainStep(model, optimizer, loss_fn, mode=mode)
+    step = sync_free_step(init.to(device), hparams, mode, device)
     batches = epoch_batches(train_dev, 64, 0, 0)
     for batch in batches[:10]:  # warm-up, capture (and compilation)
         step.step(batch)
