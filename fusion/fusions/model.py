@@ -18,7 +18,7 @@ class FusionModel(nn.Module):
         fusion: a Fusion built for {modality: encoder.out_dim}.
         modality_dropout: share of training samples shown only a random proper subset of their modalities.
         single_modality_fallback: a sample with one modality present gets that modality's own decision
-            (log-probabilities of its head, trained on that modality alone) rather than the fused layers' answer
+            (log-probabilities of its head, which reads that modality only) rather than the fused layers' answer
             from one input.
     """
 
