@@ -21,6 +21,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,12 +30,25 @@ def _cast_inputs_to_weight(module: nn.Module, inputs: tuple) -> tuple:
     return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
 
 
+class MatmulThenBias(nn.Linear):
+    """`nn.Linear` as a matmul, then a separate bias add. At batch 1 in bf16, cuBLASLt runs a linear layer with a
+    bias epilogue as split-K (three kernels) where the matmul alone is one gemv; Inductor fuses the add into the
+    next elementwise kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        out = F.linear(x, self.weight)
+        return out if self.bias is None else out + self.bias
+
+
 def bf16_copy(model: nn.Module) -> nn.Module:
     """A copy of a FusionModel with bf16 weights. Encoders with a `frontend` (the log-mel audio tower) keep it in
     fp32 and cast its output; every other module with a floating `weight` casts floating inputs to that weight's
     dtype (an image reaching the first convolution through `forward` or `forward_tokens`; a no-op on bf16
-    activations). Logits bf16."""
+    activations); plain linear layers become `MatmulThenBias`. Logits bf16."""
     copy_ = copy.deepcopy(model).to(torch.bfloat16)
+    for module in copy_.modules():
+        if type(module) is nn.Linear:  # not subclasses, e.g. attention's output projection read by its owner
+            module.__class__ = MatmulThenBias
     frontends = set()
     for encoder in copy_.encoders.values():
         frontend = getattr(encoder, "frontend", None)

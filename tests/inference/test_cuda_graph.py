@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from fusion.fusions.early import EarlyFusion
 from fusion.fusions.late import LateFusion
@@ -74,6 +75,22 @@ def test_bf16_copy_keeps_the_predictions_and_the_frontend_in_fp32():
         expected, got = model(batch), half(batch).float()
     assert torch.equal(got.argmax(1), expected.argmax(1))
     torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
+
+
+def test_bf16_copy_adds_the_bias_after_the_matmul_of_plain_linear_layers_only():
+    """Linear layers of the bf16 copy compute x W^T, then + b (the same values as nn.Linear); subclasses of
+    nn.Linear (attention's output projection, read by its owner) stay as they are."""
+    from fusion.inference.cuda_graph import MatmulThenBias, bf16_copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.MultiheadAttention(5, 1), nn.Linear(5, 3, bias=False))
+    model.encoders = {}
+    half = bf16_copy(model)
+    assert type(half[0]) is MatmulThenBias and type(half[3]) is MatmulThenBias
+    assert type(half[2].out_proj) is type(model[2].out_proj)
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    torch.testing.assert_close(half[0](x), x @ half[0].weight.T + half[0].bias, atol=0, rtol=0)
+    assert half[3](half[1](half[0](x))).shape == (4, 3)
 
 
 def test_bf16_copy_casts_inputs_that_reach_encoders_through_their_tokens():
