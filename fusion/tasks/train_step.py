@@ -11,8 +11,8 @@ A default step of the small fusion models launches ~900 kernels for ~4 ms of GPU
   batch buffers and replayed, after ``warmup`` eager steps on a side stream (the PyTorch "whole network
   capture" recipe). Random draws (dropout, modality dropout, SpecAugment) advance per replay. A batch of
   another size (the last, partial one) runs eagerly;
-- ``compile_graph``: ``graph`` around the torch.compile'd forward + loss (Inductor's fused kernels: fewer nodes
-  in the graph); compiled during the warm-up steps.
+- ``compile_graph``: ``graph`` around the torch.compile'd forward + loss (Inductor's fused kernels, on the GPU
+  also combo kernels: fewer nodes in the graph); compiled during the warm-up steps.
 
 The learning rate is a device tensor, so a scheduler stepping on the host changes it for the graph too.
 """
@@ -83,7 +83,10 @@ class TrainStep:
             raise ConfigError(f"train_step mode '{mode}' needs a capturable optimizer (make_adamw on CUDA)")
         self.warmup = warmup
         self.stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x B, correct, samples
-        self.forward_loss = torch.compile(self._forward_loss) if "compile" in mode else self._forward_loss
+        # on the GPU Inductor also launches independent small kernels together (combo kernels: 440 -> 392 per step
+        # of the default progressive model, benchmarks/latency/README.md)
+        options = {"combo_kernels": True} if self.device.type == "cuda" else None
+        self.forward_loss = torch.compile(self._forward_loss, options=options) if "compile" in mode else self._forward_loss
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict | None = None
         self.steps = 0
