@@ -29,9 +29,11 @@ class FusionModel(nn.Module):
         self.fusion = fusion
         self.modality_dropout = modality_dropout
         self.single_modality_fallback = single_modality_fallback
-        lacking = [m for m, e in encoders.items() if self.needs_tokens and not hasattr(e, "forward_tokens")]
+        lacking = [m for m, e in encoders.items()
+                   if self.needs_tokens and not (hasattr(e, "forward_tokens") and getattr(e, "gives_tokens", True))]
         if lacking:
-            raise ConfigError(f"{type(fusion).__name__} fuses tokens, but the {lacking} encoder has no forward_tokens")
+            raise ConfigError(f"{type(fusion).__name__} fuses tokens, but the {lacking} encoder gives none (the "
+                              "built-in image tower gives them with model.encoders.image.pool=mean)")
 
     @property
     def needs_tokens(self) -> bool:

@@ -18,6 +18,28 @@ def test_image_pooled_features_are_the_mean_of_its_tokens():
     torch.testing.assert_close(encoder(images), tokens.mean(dim=1))
 
 
+def test_flattened_image_features_read_every_position_of_the_map():
+    """pool=flatten: one linear map of the whole (C, H/8, W/8) map, so moving the same evidence to another position
+    changes the features (the mean over positions would not)."""
+    import pytest
+
+    from fusion.errors import ConfigError
+
+    torch.manual_seed(0)
+    encoder = ImageEncoder(out_dim=24, width=4, pool="flatten").eval()
+    images = torch.randn(3, 1, 32, 32)
+    fmap = encoder.trunk(images)  # (3, 16, 4, 4)
+    torch.testing.assert_close(encoder(images), fmap.flatten(1) @ encoder.proj.weight.T + encoder.proj.bias)
+    assert encoder.proj.in_features == 16 * 4 * 4
+    moved = encoder.proj(fmap.roll(1, dims=3).flatten(1))
+    assert (moved - encoder(images)).abs().max() > 1e-2
+    with pytest.raises(ConfigError, match="pool=mean"):
+        encoder.forward_tokens(images)
+    with pytest.raises(ConfigError, match="'mean' or 'flatten'"):
+        ImageEncoder(pool="max")
+    assert ImageEncoder(out_dim=24, width=4, pool="flatten", image_size=48).proj.in_features == 16 * 6 * 6
+
+
 def test_text_padding_does_not_change_the_pooled_features():
     torch.manual_seed(0)
     encoder = TextEncoder(out_dim=16, num_layers=1).eval()

@@ -119,8 +119,11 @@ def test_encoders_without_tokens_are_refused():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x
 
-    with pytest.raises(ConfigError, match=r"\['image'\] encoder has no forward_tokens"):
+    with pytest.raises(ConfigError, match=r"\['image'\] encoder gives none"):
         FusionModel({"image": Pooled()}, CrossAttentionFusion({"image": 12}, K))
+    flattened = ImageEncoder(out_dim=12, width=4, pool="flatten")  # one vector per image, no per-position tokens
+    with pytest.raises(ConfigError, match=r"model.encoders.image.pool=mean"):
+        FusionModel({"image": flattened}, CrossAttentionFusion({"image": 12}, K))
 
 
 def test_decision_gate_mixes_the_fused_and_the_modality_decisions():
