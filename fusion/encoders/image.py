@@ -94,7 +94,6 @@ class ImageEncoder(nn.Module):
         if pool not in ("mean", "flatten"):
             raise ConfigError(f"encoders.image.pool must be 'mean' or 'flatten', got '{pool}'")
         self.pool = pool
-        self.gives_tokens = pool == "mean"  # `forward_tokens` (cross-attention fusion) needs the per-position map
         if backbone == "cnn":
             self.trunk = SmallConvNet(in_channels, width)
             channels = self.trunk.out_channels
@@ -105,6 +104,11 @@ class ImageEncoder(nn.Module):
         positions = self._map_positions(in_channels, image_size) if pool == "flatten" else 1
         self.proj = nn.Linear(channels * positions, out_dim)
         self.out_dim = out_dim
+
+    @property
+    def gives_tokens(self) -> bool:
+        """Whether `forward_tokens` works: cross-attention fusion needs the per-position map (pool=mean)."""
+        return self.pool == "mean"
 
     def _map_positions(self, in_channels: int, image_size: int) -> int:
         """H' x W' of the trunk's map for image_size x image_size inputs (one dry run)."""
@@ -121,7 +125,7 @@ class ImageEncoder(nn.Module):
                                   std=(0.5,) * int(in_channels))
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        if self.pool == "flatten":
+        if not self.gives_tokens:
             raise ConfigError("the image tower with encoders.image.pool=flatten gives one vector per image; "
                               "cross-attention fusion needs its tokens (model.encoders.image.pool=mean)")
         fmap = self.trunk(images)  # (B, C, H', W')
