@@ -24,9 +24,19 @@ class LogMel(nn.Module):
             sample_rate=sample_rate, n_fft=n_fft, win_length=win, hop_length=int(sample_rate * hop_ms / 1000),
             n_mels=n_mels, f_max=sample_rate / 2, power=2.0)
 
+    def power_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> mel power (B, M, T): torchaudio's MelSpectrogram with its own buffers, written out so that
+        torch.compile traces it whole (torchaudio's spectrogram breaks the graph) and the power stays real."""
+        spectrogram = self.mel.spectrogram
+        spec = torch.stft(wave, spectrogram.n_fft, spectrogram.hop_length, spectrogram.win_length,
+                          spectrogram.window, spectrogram.center, spectrogram.pad_mode, normalized=False,
+                          onesided=spectrogram.onesided, return_complex=True)  # (B, F, T)
+        power = torch.view_as_real(spec).square().sum(-1)  # (B, F, T)
+        return (power.transpose(1, 2) @ self.mel.mel_scale.fb).transpose(1, 2)  # (B, M, T)
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            spec = torch.log(self.mel(wave.float()) + 1e-6)  # (B, M, T)
+            spec = torch.log(self.power_mel(wave.float()) + 1e-6)  # (B, M, T)
         spec = spec - spec.mean(dim=2, keepdim=True)  # per band
         return (spec / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
 

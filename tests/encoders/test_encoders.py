@@ -58,3 +58,16 @@ def test_audio_augmentation_runs_only_in_training():
     spec_a, spec_b = encoder.spectrogram(wave), encoder.spectrogram(wave)
     assert not torch.equal(spec_a, spec_b)  # random warp / shift / masks per call
     torch.testing.assert_close(encoder.eval().spectrogram(wave), encoder.frontend(wave))
+
+
+def test_log_mel_power_equals_torchaudio_and_compiles_as_one_graph():
+    """The written-out STFT -> power -> mel filterbank gives torchaudio's MelSpectrogram (the oracle, from the same
+    buffers), and the front end traces without a graph break (torchaudio's spectrogram breaks it)."""
+    from fusion.encoders.audio import LogMel
+
+    frontend = LogMel(sample_rate=8000, n_mels=40)
+    wave = torch.randn(3, 8000, generator=torch.Generator().manual_seed(0))
+    expected = frontend.mel(wave)  # (3, 40, 101)
+    torch.testing.assert_close(frontend.power_mel(wave), expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
+    explained = torch._dynamo.explain(frontend)(wave)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
