@@ -12,7 +12,8 @@ host copy of the mask, before the replay.
 ``autocast_dtype=torch.bfloat16`` captures the pass under bf16 autocast, which casts every weight on every
 call (more kernels: slower than fp32 at batch 1); `bf16_copy` casts the weights once instead (the log-mel front
 end stays fp32), so bf16 costs no extra kernel. ``compile=True`` captures the torch.compile'd (Inductor) forward,
-whose fused kernels are fewer than the eager ones.
+whose fused kernels are fewer than the eager ones; its linear layers at batch 1 are Triton reductions fused with
+their neighbours (`RowReduceLinear`) instead of cuBLAS calls.
 """
 
 from __future__ import annotations
@@ -30,14 +31,41 @@ def _cast_inputs_to_weight(module: nn.Module, inputs: tuple) -> tuple:
     return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
 
 
-class MatmulThenBias(nn.Linear):
-    """`nn.Linear` as a matmul, then a separate bias add. At batch 1 in bf16, cuBLASLt runs a linear layer with a
-    bias epilogue as split-K (three kernels) where the matmul alone is one gemv; Inductor fuses the add into the
-    next elementwise kernel."""
+SMALL_BATCH_ROWS = 8
+
+
+class RowReduceLinear(nn.Linear):
+    """`nn.Linear` whose compiled form, for at most `SMALL_BATCH_ROWS` rows, is a multiply-and-sum over the input
+    features accumulated in fp32: one Triton reduction that Inductor fuses with the layers around it (a layer
+    norm before, a bias and GELU after), where a cuBLAS GEMV is a launch of its own and a bf16 one runs as
+    split-K (three kernels). Eager and for more rows: the plain linear layer."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if torch.compiler.is_compiling() and x.numel() <= SMALL_BATCH_ROWS * x.shape[-1]:
+            out = (x.unsqueeze(-2).float() * self.weight.float()).sum(-1)  # (..., out)
+            return (out if self.bias is None else out + self.bias.float()).to(x.dtype)
+        return self.eager(x)
+
+    def eager(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MatmulThenBias(RowReduceLinear):
+    """`RowReduceLinear` that, eagerly, runs the matmul, then a separate bias add. At batch 1 in bf16, cuBLASLt
+    runs a linear layer with a bias epilogue as split-K (three kernels) where the matmul alone is one gemv."""
+
+    def eager(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight)
         return out if self.bias is None else out + self.bias
+
+
+def with_row_reduce_linears(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose plain `nn.Linear` layers are `RowReduceLinear` (same weights, same eager values)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if type(module) is nn.Linear:  # not subclasses, e.g. attention's output projection read by its owner
+            module.__class__ = RowReduceLinear
+    return model
 
 
 def bf16_copy(model: nn.Module) -> nn.Module:
@@ -64,8 +92,8 @@ def bf16_copy(model: nn.Module) -> nn.Module:
 
 
 class Outputs(nn.Module):
-    """`FusionModel` as `batch -> (logits (B, K), {"<stage>/<modality>": gate weights (B,)})` (plain tensors, so
-    torch.compile and CUDA graphs see no dataclass)."""
+    """`FusionModel` as `batch -> (logits (B, K), {"<stage>/<modality>": gate weights (B,)})`, float32 (plain
+    tensors, so torch.compile and CUDA graphs see no dataclass; a bf16 model's casts fuse into its last kernels)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -73,7 +101,7 @@ class Outputs(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         result = self.model.forward_with_details(batch)
-        return result.logits, dict(result.gate_weights)
+        return result.logits.float(), {name: gate.float() for name, gate in result.gate_weights.items()}
 
 
 @dataclass
@@ -107,7 +135,9 @@ class GraphedModel:
         model: a FusionModel on a CUDA device (put in eval mode here), fp32 or a `bf16_copy`.
         autocast_dtype: None (fp32) or e.g. torch.bfloat16: the captured pass runs under autocast; logits are
             returned as float32.
-        compile: capture the torch.compile'd forward (Inductor's fused kernels; one compilation per batch size).
+        compile: capture the torch.compile'd forward of a copy of `model` (Inductor's fused kernels; one
+            compilation per batch size) whose linear layers are `RowReduceLinear`: at up to 8 rows each is a
+            reduction fused with its neighbours. Later changes to `model`'s weights are not seen.
         warmup: eager calls on a side stream before each capture (cuDNN / cuBLAS set-up, compile).
 
     Returned tensors are copies, valid after the next call.
@@ -120,7 +150,7 @@ class GraphedModel:
             raise ValueError(f"GraphedModel needs a model on a CUDA device, got one on '{self.device}'")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 (cuBLAS/cuDNN set-up must happen before capture), got {warmup}")
-        self.model = model.eval()
+        self.model = (with_row_reduce_linears(model) if compile else model).eval()
         self.modalities = list(model.modalities)
         self.autocast_dtype = autocast_dtype
         self.warmup = warmup
@@ -130,11 +160,9 @@ class GraphedModel:
 
     def _run(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.autocast_dtype is None:
-            logits, gates = self.forward_fn(batch)
-            return logits.float(), {k: v.float() for k, v in gates.items()}  # no-ops for an fp32 model
+            return self.forward_fn(batch)
         with torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False):  # no cache under capture
-            logits, gates = self.forward_fn(batch)
-        return logits.float(), {k: v.float() for k, v in gates.items()}
+            return self.forward_fn(batch)
 
     def _static_batch(self, batch: dict, given: tuple[str, ...], size: int) -> dict:
         """Zeroed device buffers shaped like `batch` (every modality of the model, plus the masks)."""

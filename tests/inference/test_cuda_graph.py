@@ -116,3 +116,28 @@ def test_bf16_copy_casts_inputs_that_reach_encoders_through_their_tokens():
         expected, got = model(batch), half(batch)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_row_reduce_linear_traces_a_reduction_for_few_rows_and_keeps_the_values():
+    """Compiled with at most 8 rows, the layers of `with_row_reduce_linears` trace as multiply-and-sum (no
+    linear call) with nn.Linear's values; with more rows, and eagerly, they stay linear calls. The original model
+    keeps its classes."""
+    from fusion.inference.cuda_graph import RowReduceLinear, with_row_reduce_linears
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3, bias=False))
+    rows = with_row_reduce_linears(model)
+    assert type(rows[0]) is RowReduceLinear and type(model[0]) is nn.Linear
+    graphs = []
+
+    def record(graph_module, _inputs):
+        graphs.append({str(node.target) for node in graph_module.graph.nodes})
+        return graph_module.forward
+
+    compiled = torch.compile(rows, backend=record, dynamic=False)
+    for batch in (1, 16):
+        x = torch.randn(batch, 6)
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=1e-5)
+    few, many = graphs
+    assert not any("linear" in target for target in few) and any("sum" in target for target in few)
+    assert any("linear" in target for target in many)
