@@ -1,7 +1,7 @@
 """GPU latency, throughput and training-step suite on MNIST + FSDD (speaker theo unseen), one process, one card.
 
-Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 /
-p95 of fp32 eager, bf16 (weights cast once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each
+Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 (the
+median of --rounds rounds, interleaved across the kind's variants) / p95 of fp32 eager, bf16 (weights cast once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each
 (fusion/inference/cuda_graph.py), also with 4-D weights channels-last (`_cl`), and, with --compile, the graph
 of the torch.compile'd fp32 and bf16 forward (batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
 every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -385,7 +386,7 @@ def inference_rows(kind: str, model, test: dict, device: torch.device, args, dea
                    reference: torch.Tensor | None) -> tuple[list[dict], torch.Tensor | None]:
     """Rows of the eager and graph variants (``compiled=False``) or of the compiled ones (batch 1 only: one
     compilation per batch size), and the fp32 eager logits of the test split (the reference)."""
-    rows = []
+    rows, measured = [], {}
     single = to_device(take_batch(test, 1), device)
     big = to_device(take_batch(test, args.throughput_batch), device)
     for name, fn in variants_for(model, device, args.compile).items():
@@ -397,12 +398,29 @@ def inference_rows(kind: str, model, test: dict, device: torch.device, args, dea
             continue
         try:
             row, reference = measure_variant(kind, name, fn, test, single, big, device, args, compiled, reference)
+            measured[name] = (fn, row)
         except Exception as err:  # noqa: BLE001 - one failing variant must not cost the other rows
             traceback.print_exc()
             row = {"kind": kind, "variant": name, "error": f"{type(err).__name__}: {err}"}
             log(f"  {kind}/{name}: FAILED {row['error']}")
         rows.append(row)
+    interleaved_latency(kind, measured, single, device, args)
     return rows, reference
+
+
+def interleaved_latency(kind: str, measured: dict, single: dict, device: torch.device, args) -> None:
+    """Times every variant of a kind again in `--rounds` - 1 further rounds, in alternating order, and sets each
+    row's p50 to the median of its rounds' p50s: variants compared side by side, not one after the other on a
+    machine whose speed drifts."""
+    for round_ in range(1, args.rounds):
+        names = list(measured) if round_ % 2 == 0 else list(reversed(measured))
+        for name in names:
+            fn, row = measured[name]
+            lat = measure_latency(lambda f=fn: f(single), device, warmup=args.warmup, iters=args.iters)
+            row["p50_rounds_ms"].append(lat.p50_ms)
+    for name, (_, row) in measured.items():
+        row["p50_ms"] = statistics.median(row["p50_rounds_ms"])
+        log(f"  {kind}/{name}: p50 {row['p50_ms']:.3f} ms (rounds {['%.3f' % v for v in row['p50_rounds_ms']]})")
 
 
 def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dict, device: torch.device, args,
@@ -419,7 +437,7 @@ def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dic
     row = {"kind": kind, "variant": name, "acc": float((logits.argmax(1) == labels).float().mean()),
            "same_predictions_as_fp32": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
            "max_abs_logit_diff": float((logits - reference).abs().max()),
-           "p50_ms": lat.p50_ms, "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
+           "p50_ms": lat.p50_ms, "p50_rounds_ms": [lat.p50_ms], "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
            f"throughput_bs{args.throughput_batch}": thr, "setup_and_eval_s": time.perf_counter() - start}
     log(f"  {kind}/{name}: acc {100 * row['acc']:.2f} %, agree {100 * row['same_predictions_as_fp32']:.2f} %, "
         f"max diff {row['max_abs_logit_diff']:.2e}, p50 {lat.p50_ms:.3f} ms, {thr:.0f} samples/s at "
@@ -518,6 +536,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=20, help="training steps under the profiler")
     parser.add_argument("--iters", type=int, default=500, help="timed batch-1 calls per variant")
     parser.add_argument("--warmup", type=int, default=30, help="untimed batch-1 calls per variant")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="batch-1 timing rounds per variant, interleaved across a kind's variants (p50: median)")
     parser.add_argument("--throughput-batch", type=int, default=1024, help="batch size of the throughput column")
     parser.add_argument("--throughput-iters", type=int, default=20, help="timed calls at that batch size")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
