@@ -396,6 +396,8 @@ def inference_rows(kind: str, model, test: dict, device: torch.device, args, dea
             log(f"  {kind}/{name}: skipped (time budget)")
             rows.append({"kind": kind, "variant": name, "skipped": "time budget"})
             continue
+        if compiled:  # a fresh Dynamo cache: past its recompile limit (8 per function) it would silently run eager
+            torch._dynamo.reset()
         try:
             row, reference = measure_variant(kind, name, fn, test, single, big, device, args, compiled, reference)
             measured[name] = (fn, row)
@@ -420,7 +422,7 @@ def interleaved_latency(kind: str, measured: dict, single: dict, device: torch.d
             row["p50_rounds_ms"].append(lat.p50_ms)
     for name, (_, row) in measured.items():
         row["p50_ms"] = statistics.median(row["p50_rounds_ms"])
-        log(f"  {kind}/{name}: p50 {row['p50_ms']:.3f} ms (rounds {['%.3f' % v for v in row['p50_rounds_ms']]})")
+        log(f"  {kind}/{name}: p50 {row['p50_ms']:.3f} ms (rounds {[f'{v:.3f}' for v in row['p50_rounds_ms']]})")
 
 
 def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dict, device: torch.device, args,

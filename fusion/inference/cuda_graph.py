@@ -137,7 +137,9 @@ class GraphedModel:
             returned as float32.
         compile: capture the torch.compile'd forward of a copy of `model` (Inductor's fused kernels; one
             compilation per batch size) whose linear layers are `RowReduceLinear`: at up to 8 rows each is a
-            reduction fused with its neighbours. Later changes to `model`'s weights are not seen.
+            reduction fused with its neighbours. Later changes to `model`'s weights are not seen. Every
+            compiled model of a process counts towards Dynamo's recompile limit (8 per function); past it the
+            forward runs uncompiled, so clear the cache (`torch._dynamo.reset()`) between many models.
         warmup: eager calls on a side stream before each capture (cuDNN / cuBLAS set-up, compile).
 
     Returned tensors are copies, valid after the next call.
