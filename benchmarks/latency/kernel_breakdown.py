@@ -5,11 +5,9 @@ gpu_suite.py) in the graphed modes of fusion/tasks/train_step.py: samples/s over
 steps, the busy fraction of gpu_suite's profile, and the kernels of one replay by count and time.
 Inference: the batch-1 CUDA-graph replay (fusion/inference/cuda_graph.py) of each fusion kind in fp32, in bf16
 (`bf16_copy`) and in bf16 with the convolutions and their batch norms kept in fp32: p50 and the kernels of one
-replay; with --compiled also the graph of the compiled forward in fp32 and bf16, plain and channels-last, its p50
-the median of --rounds rounds interleaved across the four. Fresh weights: the kernels do not depend on the values.
+replay. Fresh weights: the kernels do not depend on the values.
 
     python benchmarks/latency/kernel_breakdown.py --data ../shared/data --out /tmp/kernels
-    python benchmarks/latency/kernel_breakdown.py --data ../shared/data --out /tmp/kernels --train-modes "" --compiled
 
 Writes OUT/kernel_breakdown.json.
 """
@@ -17,9 +15,7 @@ Writes OUT/kernel_breakdown.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -96,41 +92,12 @@ def inference_rows(kind: str, spec: dict, single: dict, device: torch.device) ->
     return rows
 
 
-def compiled_rows(kind: str, spec: dict, single: dict, device: torch.device, rounds: int) -> list[dict]:
-    model, _ = build_model(kind, spec, 0)
-    model = model.to(device).eval()
-    half = bf16_copy(model).eval()
-    variants = {"compile_fp32": model, "compile_bf16": half,
-                "compile_fp32_cl": copy.deepcopy(model).to(memory_format=torch.channels_last),
-                "compile_bf16_cl": copy.deepcopy(half).to(memory_format=torch.channels_last)}
-    graphs = {}
-    for name, variant in variants.items():
-        torch._dynamo.reset()
-        graphs[name] = GraphedModel(variant, compile=True)
-        graphs[name](single)  # compilation and capture
-    p50s: dict[str, list[float]] = defaultdict(list)
-    for round_ in range(rounds):
-        for name in (list(graphs) if round_ % 2 == 0 else list(reversed(graphs))):
-            call = lambda g=graphs[name]: g(single)  # noqa: E731
-            p50s[name].append(measure_latency(call, device, warmup=30, iters=500).p50_ms)
-    rows = []
-    for name, graphed in graphs.items():
-        row = {"kind": kind, "variant": name, "p50_ms": statistics.median(p50s[name]), "p50_rounds_ms": p50s[name],
-               **kernels(lambda g=graphed: g(single), 20)}
-        print(f"infer {kind}/{name}: p50 {row['p50_ms']:.3f} ms (rounds {[f'{v:.3f}' for v in p50s[name]]}), "
-              f"{row['kernels']:.0f} kernels, {row['kernel_us']:.1f} us of kernels", flush=True)
-        rows.append(row)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with mnist/ and fsdd/ (as ../shared/data)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kinds", default="late,progressive,early", help="fusion kinds of the inference rows")
     parser.add_argument("--train-modes", default="graph,compile_graph", help="graphed training modes")
-    parser.add_argument("--compiled", action="store_true", help="also the graphs of the compiled forward")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds of the compiled graphs")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_breakdown.py needs a CUDA device")
@@ -141,8 +108,6 @@ def main() -> None:
     single = to_device(take_batch(test, 1), device)
     for kind in filter(None, args.kinds.split(",")):
         report["inference"] += inference_rows(kind, spec, single, device)
-        if args.compiled:
-            report["inference"] += compiled_rows(kind, spec, single, device, args.rounds)
     train_dev = to_device(train, device)
     for mode in filter(None, args.train_modes.split(",")):
         report["training"].append(train_row(mode, spec, train_dev, device))
