@@ -1,8 +1,8 @@
 """GPU latency, throughput and training-step suite on MNIST + FSDD (speaker theo unseen), one process, one card.
 
 Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 (the
-median of --rounds rounds, interleaved across the kind's variants) / p95 of fp32 eager, bf16 (weights cast once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each
-(fusion/inference/cuda_graph.py), also with 4-D weights channels-last (`_cl`), and, with --compile, the graph
+median of --rounds rounds, interleaved across the kind's variants) / p95 of fp32 eager, bf16 (weights cast
+once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each (fusion/inference/cuda_graph.py), also with 4-D weights channels-last (`_cl`), and, with --compile, the graph
 of the torch.compile'd fp32 and bf16 forward (batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
 every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
 
@@ -439,7 +439,8 @@ def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dic
     row = {"kind": kind, "variant": name, "acc": float((logits.argmax(1) == labels).float().mean()),
            "same_predictions_as_fp32": float((logits.argmax(1) == reference.argmax(1)).float().mean()),
            "max_abs_logit_diff": float((logits - reference).abs().max()),
-           "p50_ms": lat.p50_ms, "p50_rounds_ms": [lat.p50_ms], "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms, "min_ms": lat.min_ms,
+           "p50_ms": lat.p50_ms, "p50_rounds_ms": [lat.p50_ms], "p95_ms": lat.p95_ms, "p99_ms": lat.p99_ms,
+           "min_ms": lat.min_ms,
            f"throughput_bs{args.throughput_batch}": thr, "setup_and_eval_s": time.perf_counter() - start}
     log(f"  {kind}/{name}: acc {100 * row['acc']:.2f} %, agree {100 * row['same_predictions_as_fp32']:.2f} %, "
         f"max diff {row['max_abs_logit_diff']:.2e}, p50 {lat.p50_ms:.3f} ms, {thr:.0f} samples/s at "

@@ -120,8 +120,8 @@ def test_bf16_copy_casts_inputs_that_reach_encoders_through_their_tokens():
 
 def test_row_reduce_linear_traces_a_reduction_for_few_rows_and_keeps_the_values():
     """Compiled with at most 8 rows, the layers of `with_row_reduce_linears` trace as multiply-and-sum (no
-    linear call) with nn.Linear's values; with more rows, and eagerly, they stay linear calls. The original model
-    keeps its classes."""
+    linear call) with nn.Linear's values; with more rows they stay linear calls. The original model keeps its
+    classes."""
     from fusion.inference.cuda_graph import RowReduceLinear, with_row_reduce_linears
 
     torch.manual_seed(0)
