@@ -2,9 +2,10 @@
 
 Inference, per fusion kind (a model trained here for --epochs with the graphed training step): batch-1 p50 (the
 median of --rounds rounds, interleaved across the kind's variants) / p95 of fp32 eager, bf16 (weights cast
-once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each (fusion/inference/cuda_graph.py), also with 4-D weights channels-last (`_cl`), and, with --compile, the graph
-of the torch.compile'd fp32 and bf16 forward (batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of
-every variant and its agreement with fp32 eager (same predictions; max |logit difference|).
+once, `bf16_copy`) and bf16 autocast eager, the CUDA-graph replay of each (fusion/inference/cuda_graph.py), also
+with 4-D weights channels-last (`_cl`), and, with --compile, the graph of the torch.compile'd fp32 and bf16
+forward (batch 1 only: one compilation per batch size); throughput at --throughput-batch; test accuracy of every
+variant and its agreement with fp32 eager (same predictions; max |logit difference|).
 
 Training, default progressive recipe, batch 64, the batches already on the GPU, the same initial weights and
 batch order for every mode: the former eager loop (boolean-indexed loss, `bool()` checks, default AdamW), the
