@@ -59,13 +59,17 @@ class MatmulThenBias(RowReduceLinear):
         return out if self.bias is None else out + self.bias
 
 
-def with_row_reduce_linears(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose plain `nn.Linear` layers are `RowReduceLinear` (same weights, same eager values)."""
-    model = copy.deepcopy(model)
+def _replace_plain_linears(model: nn.Module, linear_class: type[nn.Linear]) -> nn.Module:
+    """`model` (in place) with its plain `nn.Linear` layers turned into `linear_class` (same weights)."""
     for module in model.modules():
         if type(module) is nn.Linear:  # not subclasses, e.g. attention's output projection read by its owner
-            module.__class__ = RowReduceLinear
+            module.__class__ = linear_class
     return model
+
+
+def with_row_reduce_linears(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose plain `nn.Linear` layers are `RowReduceLinear` (same weights, same eager values)."""
+    return _replace_plain_linears(copy.deepcopy(model), RowReduceLinear)
 
 
 def bf16_copy(model: nn.Module) -> nn.Module:
@@ -73,10 +77,7 @@ def bf16_copy(model: nn.Module) -> nn.Module:
     fp32 and cast its output; every other module with a floating `weight` casts floating inputs to that weight's
     dtype (an image reaching the first convolution through `forward` or `forward_tokens`; a no-op on bf16
     activations); plain linear layers become `MatmulThenBias`. Logits bf16."""
-    copy_ = copy.deepcopy(model).to(torch.bfloat16)
-    for module in copy_.modules():
-        if type(module) is nn.Linear:  # not subclasses, e.g. attention's output projection read by its owner
-            module.__class__ = MatmulThenBias
+    copy_ = _replace_plain_linears(copy.deepcopy(model).to(torch.bfloat16), MatmulThenBias)
     frontends = set()
     for encoder in copy_.encoders.values():
         frontend = getattr(encoder, "frontend", None)
