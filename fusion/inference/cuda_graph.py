@@ -94,7 +94,8 @@ def bf16_copy(model: nn.Module) -> nn.Module:
 
 class Outputs(nn.Module):
     """`FusionModel` as `batch -> (logits (B, K), {"<stage>/<modality>": gate weights (B,)})`, float32 (plain
-    tensors, so torch.compile and CUDA graphs see no dataclass; a bf16 model's casts fuse into its last kernels)."""
+    tensors, so torch.compile and CUDA graphs see no dataclass). A bf16 model's gate weights are stacked and cast
+    once (one kernel, where a cast per weight is a kernel each); the logits' cast fuses into their last kernel."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -102,7 +103,23 @@ class Outputs(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         result = self.model.forward_with_details(batch)
-        return result.logits.float(), {name: gate.float() for name, gate in result.gate_weights.items()}
+        names, gates = list(result.gate_weights), list(result.gate_weights.values())
+        if gates and any(gate.dtype != torch.float32 for gate in gates):
+            gates = torch.stack(gates).float().unbind(0)  # (G, B) -> G x (B,)
+        return result.logits.float(), dict(zip(names, gates))
+
+
+def input_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    """modality -> dtype its encoder computes in: its front end's (the log-mel tower keeps fp32 in a
+    `bf16_copy`), else its first floating parameter's. A static input buffer of that dtype makes the copy that
+    fills it also the cast (no cast kernel inside the graph)."""
+    dtypes = {}
+    for name, encoder in model.encoders.items():
+        owner = getattr(encoder, "frontend", None)
+        owner = owner if isinstance(owner, nn.Module) else encoder
+        tensors = [t for t in (*owner.parameters(), *owner.buffers()) if t.is_floating_point()]
+        dtypes[name] = tensors[0].dtype if tensors else torch.float32
+    return dtypes
 
 
 @dataclass
@@ -155,6 +172,7 @@ class GraphedModel:
             raise ValueError(f"warmup must be >= 1 (cuBLAS/cuDNN set-up must happen before capture), got {warmup}")
         self.model = (with_row_reduce_linears(model) if compile else model).eval()
         self.modalities = list(model.modalities)
+        self.input_dtypes = input_dtypes(model)
         self.autocast_dtype = autocast_dtype
         self.warmup = warmup
         outputs = Outputs(self.model)
@@ -173,13 +191,21 @@ class GraphedModel:
         for m in given:
             value = batch[m]
             static[m] = ({k: torch.zeros_like(v, device=self.device) for k, v in value.items()}
-                         if isinstance(value, dict) else torch.zeros_like(value, device=self.device))
+                         if isinstance(value, dict) else self._zeros_for(m, value))
         missing = [m for m in self.modalities if m not in given]
         if missing:
             raise ValueError(f"GraphedModel: the batch has no input for {missing}; give a placeholder tensor with "
                              "mask False for a missing modality (its values are ignored)")
         static["mask"] = {m: torch.zeros(size, dtype=torch.bool, device=self.device) for m in self.modalities}
         return static
+
+    def _zeros_for(self, modality: str, value: torch.Tensor) -> torch.Tensor:
+        """A zeroed device buffer shaped like `value`; floating inputs take their encoder's dtype (`input_dtypes`),
+        so a bf16 model's image is cast by the copy into the buffer. Under autocast the inputs stay as given."""
+        dtype = value.dtype
+        if value.is_floating_point() and self.autocast_dtype is None:
+            dtype = self.input_dtypes.get(modality, dtype)
+        return torch.zeros_like(value, dtype=dtype, device=self.device)
 
     def _capture(self, batch: dict, key: tuple) -> _Captured:
         given, size = key[1], key[0]

@@ -53,6 +53,25 @@ def test_bf16_replay_keeps_the_predictions_and_rows_need_a_modality():
         GraphedModel(model)(cpu_batch)
 
 
+@cuda
+def test_graphed_bf16_copy_fills_a_bf16_image_buffer_and_keeps_the_predictions():
+    """The static image buffer of a bf16 copy's graph is bf16 (the copy into it casts), the mask stays bool, and
+    the replay gives the bf16 model's own logits."""
+    from fusion.inference.cuda_graph import bf16_copy
+
+    model = tiny_model().cuda().eval()
+    half = bf16_copy(model)
+    batch = tiny_batch(0, "cuda")
+    graphed = GraphedModel(half)
+    logits = graphed(batch)
+    (captured,) = graphed.graphs.values()
+    assert captured.inputs["image"].dtype == torch.bfloat16 and captured.inputs["mask"]["image"].dtype == torch.bool
+    with torch.inference_mode():
+        expected = half(batch).float()
+    torch.testing.assert_close(logits, expected, atol=1e-2, rtol=1e-2)
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+
+
 def test_bf16_copy_keeps_the_predictions_and_the_frontend_in_fp32():
     """bf16 weights cast once (the audio tower's log-mel front end stays fp32): the same predictions as fp32 on
     a tiny model with the real audio tower; logits within 0.1 (bf16 has 8 mantissa bits)."""
@@ -75,6 +94,34 @@ def test_bf16_copy_keeps_the_predictions_and_the_frontend_in_fp32():
         expected, got = model(batch), half(batch).float()
     assert torch.equal(got.argmax(1), expected.argmax(1))
     torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
+
+
+def test_bf16_outputs_give_fp32_gate_weights_and_inputs_take_their_encoders_dtype():
+    """`Outputs` of a bf16 copy gives fp32 gate weights equal to the bf16 model's (cast once, after stacking),
+    under their names; `input_dtypes` gives bf16 for the image tower and fp32 for the log-mel front end."""
+    from fusion.encoders.audio import AudioEncoder
+    from fusion.encoders.image import ImageEncoder
+    from fusion.fusions.model import FusionModel
+    from fusion.inference.cuda_graph import Outputs, bf16_copy, input_dtypes
+
+    torch.manual_seed(0)
+    encoders = {"image": ImageEncoder(out_dim=12, width=4, image_size=32),
+                "audio": AudioEncoder(n_mels=16, out_dim=10, width=4, augment=False)}
+    model = FusionModel(encoders, ProgressiveFusion({"image": 12, "audio": 10}, 5, hidden_dim=16)).eval()
+    half = bf16_copy(model)
+    assert input_dtypes(model) == {"audio": torch.float32, "image": torch.float32}
+    assert input_dtypes(half) == {"audio": torch.float32, "image": torch.bfloat16}
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(6, 1, 32, 32, generator=g), "audio": 0.1 * torch.randn(6, 8000, generator=g),
+             "mask": {"image": torch.ones(6, dtype=torch.bool), "audio": torch.tensor([1, 1, 1, 0, 0, 1]).bool()}}
+    with torch.inference_mode():
+        expected = half.forward_with_details(batch).gate_weights
+        logits, gates = Outputs(half)(batch)
+    assert logits.dtype == torch.float32 and list(gates) == list(expected)
+    for name, weights in expected.items():
+        assert weights.dtype == torch.bfloat16 and gates[name].dtype == torch.float32
+        assert torch.equal(gates[name], weights.float())
+    assert torch.equal(gates["decision/audio"][3:5], torch.zeros(2))  # absent audio: weight 0
 
 
 def test_bf16_copy_adds_the_bias_after_the_matmul_of_plain_linear_layers_only():
