@@ -11,7 +11,8 @@ host copy of the mask, before the replay.
 
 ``autocast_dtype=torch.bfloat16`` captures the pass under bf16 autocast, which casts every weight on every
 call (more kernels: slower than fp32 at batch 1); `bf16_copy` casts the weights once instead (the log-mel front
-end stays fp32), so bf16 costs no extra kernel. ``compile=True`` captures the torch.compile'd (Inductor) forward,
+end stays fp32; the image's static buffer is bf16, so the copy into it is the cast), so bf16 costs no extra
+kernel. ``compile=True`` captures the torch.compile'd (Inductor) forward,
 whose fused kernels are fewer than the eager ones; its linear layers at batch 1 are Triton reductions fused with
 their neighbours (`RowReduceLinear`) instead of cuBLAS calls.
 """
@@ -93,9 +94,10 @@ def bf16_copy(model: nn.Module) -> nn.Module:
 
 
 class Outputs(nn.Module):
-    """`FusionModel` as `batch -> (logits (B, K), {"<stage>/<modality>": gate weights (B,)})`, float32 (plain
-    tensors, so torch.compile and CUDA graphs see no dataclass). A bf16 model's gate weights are stacked and cast
-    once (one kernel, where a cast per weight is a kernel each); the logits' cast fuses into their last kernel."""
+    """`FusionModel` as `batch -> (logits (B, K) float32, {"<stage>/<modality>": gate weights (B,)})`: plain
+    tensors, so torch.compile and CUDA graphs see no dataclass. The logits' cast fuses into their last kernel;
+    the gate weights keep the model's dtype (a cast per weight would be a kernel each in bf16) and are cast
+    when they are read (`GraphedModel.forward_with_details`), so a call that wants only logits pays nothing."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -103,10 +105,7 @@ class Outputs(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         result = self.model.forward_with_details(batch)
-        names, gates = list(result.gate_weights), list(result.gate_weights.values())
-        if gates and any(gate.dtype != torch.float32 for gate in gates):
-            gates = torch.stack(gates).float().unbind(0)  # (G, B) -> G x (B,)
-        return result.logits.float(), dict(zip(names, gates))
+        return result.logits.float(), dict(result.gate_weights)
 
 
 def input_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
@@ -225,9 +224,9 @@ class GraphedModel:
         return _Captured(graph, static, logits, gates)
 
     def forward_with_details(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Batch dict (tensors on any device) -> (logits (B, K), gate weights (B,) by name), fresh tensors."""
+        """Batch dict (tensors on any device) -> (logits (B, K), gate weights (B,) by name), fresh float32 tensors."""
         captured = self._replay(batch)
-        return captured.logits.clone(), {k: v.clone() for k, v in captured.gates.items()}
+        return captured.logits.clone(), {k: v.to(torch.float32, copy=True) for k, v in captured.gates.items()}
 
     def __call__(self, batch: dict) -> torch.Tensor:
         """Batch dict -> logits (B, K) (a fresh tensor)."""
