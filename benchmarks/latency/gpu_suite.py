@@ -452,6 +452,12 @@ def measure_variant(kind: str, name: str, fn, test: dict, single: dict, big: dic
 # -------------------------------------------------------------------------------------------------- report
 
 
+def paired_ratio(row: dict, twin: dict) -> float:
+    """Median over the interleaved rounds of row's p50 / twin's p50 in the same round: two variants compared side
+    by side, so a drift of the machine's speed between rounds cancels."""
+    return statistics.median(a / b for a, b in zip(row["p50_rounds_ms"], twin["p50_rounds_ms"], strict=True))
+
+
 def acceptance(report: dict, args) -> list[dict]:
     checks = []
     rows = [r for r in report["inference"] if "p50_ms" in r]
@@ -465,6 +471,9 @@ def acceptance(report: dict, args) -> list[dict]:
             if "bf16" in name and twin in mine:
                 a, b = mine[name]["p50_ms"], mine[twin]["p50_ms"]
                 checks.append({"check": f"{kind}: {name} <= {twin}", "value": f"{a:.3f} vs {b:.3f} ms", "met": a <= b})
+                ratio = paired_ratio(mine[name], mine[twin])
+                checks.append({"check": f"{kind}: {name} / {twin} <= 1, median over rounds of the ratio within a round",
+                               "value": f"{ratio:.3f}", "met": ratio <= 1.0})
         halves = [r for r in mine.values() if "bf16" in r["variant"]]
         fulls = [r for r in mine.values() if "fp32" in r["variant"]]
         if halves and fulls:
