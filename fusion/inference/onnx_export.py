@@ -1,8 +1,9 @@
 """ONNX export of a FusionModel: flat named inputs (one tensor per modality, text as input_ids and
 attention_mask, a `mask/<modality>` bool per row), outputs `logits` and `gate/<stage>/<modality>`.
 
-Exported with the torch.export based exporter (`dynamo=True`; the log-mel front end's complex STFT has no
-TorchScript-exporter path) with a dynamic batch dimension. A missing modality is a row whose mask is False, as
+Exported with the torch.export based exporter (`dynamo=True`) with a dynamic batch dimension. The log-mel front
+end's STFT is exported as a strided convolution with the windowed DFT basis (`LogMel.dft_power`): ONNX Runtime
+runs it as a GEMM, where its STFT op is a plain DFT per frame. A missing modality is a row whose mask is False, as
 in training: its input values are ignored (zero them, or leave anything finite).
 """
 

@@ -71,3 +71,27 @@ def test_log_mel_power_equals_torchaudio_and_compiles_as_one_graph():
     torch.testing.assert_close(frontend.power_mel(wave), expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
     explained = torch._dynamo.explain(frontend)(wave)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_log_mel_dft_convolution_equals_the_stft_power_and_is_what_export_traces():
+    """The strided convolution with the windowed DFT basis gives torch.stft's power (odd lengths too), the basis
+    is not in the state dict, and an exported program holds the convolution, not an STFT."""
+    from fusion.encoders.audio import LogMel
+
+    frontend = LogMel(sample_rate=8000, n_mels=40)
+    spectrogram = frontend.mel.spectrogram
+    assert "dft_basis" not in frontend.state_dict()
+    for length in (8000, 4321):
+        wave = torch.randn(2, length, generator=torch.Generator().manual_seed(length))
+        stft = torch.stft(wave, spectrogram.n_fft, spectrogram.hop_length, spectrogram.win_length, spectrogram.window,
+                          center=True, pad_mode="reflect", return_complex=True)
+        expected = stft.abs().square()  # (2, 129, T)
+        got = frontend.dft_power(wave)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.max()))
+    wave = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(frontend, (wave,))
+    ops = {str(node.target) for module in program.graph_module.modules() if isinstance(module, torch.fx.GraphModule)
+           for node in module.graph.nodes}  # the autocast-free region is a submodule
+    assert any("conv1d" in op or "convolution" in op for op in ops) and not any("stft" in op for op in ops), ops
+    torch.testing.assert_close(program.module()(wave), frontend(wave), rtol=1e-4, atol=1e-4)
