@@ -194,12 +194,12 @@ class LegacyStep:
 
 def sync_free_step(model, hparams: dict, mode: str, device: torch.device) -> TrainStep:
     """The task's sync-free step (fusion/tasks/train_step.py) in `mode`: fused AdamW and the classification loss
-    with the task's label smoothing and unimodal loss weight."""
+    with the task's label smoothing, unimodal loss weight and gate supervision."""
     optimizer = make_adamw(model.parameters(), hparams["lr"], hparams["weight_decay"], device)
 
     def loss_fn(result, batch):
         return classification_loss(result, batch["label"], result.mask, hparams["label_smoothing"],
-                                   hparams["unimodal_loss_weight"])
+                                   hparams["unimodal_loss_weight"], hparams.get("gate_supervision_weight", 0.0))
 
     return TrainStep(model, optimizer, loss_fn, mode=mode)
 

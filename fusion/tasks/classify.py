@@ -19,6 +19,7 @@ from fusion.fusions.model import FusionModel
 from fusion.runtime.checkpoints import load_checkpoint_file
 from fusion.tasks.cross_fit import decision_accuracy, fit_decision_gate
 from fusion.tasks.epoch_means import EpochMeans
+from fusion.tasks.gate_supervision import gate_supervision_loss
 from fusion.tasks.train_step import MODES as STEP_MODES
 from fusion.tasks.train_step import TrainStep, make_adamw
 
@@ -39,15 +40,20 @@ def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_d
 
 
 def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[str, torch.Tensor],
-                        label_smoothing: float = 0.0, unimodal_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                        label_smoothing: float = 0.0, unimodal_weight: float = 0.0,
+                        gate_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Training objective without host synchronisation: (total, fused cross-entropy), both scalars.
 
     total = CE(fused logits) + the fusion's aux loss + ``unimodal_weight`` x the mean, over the modalities present
     in at least one sample, of each head's CE over the samples where its modality is present (``mask``: modality ->
-    (B,) bool). Masked sums instead of boolean indexing, so no step reads a tensor value on the host.
+    (B,) bool) + ``gate_weight`` x the last gate's supervision loss (fusion/tasks/gate_supervision.py; over the
+    modalities the fusion saw, ``result.mask``, corrupted rows included). Masked sums instead of boolean indexing,
+    so no step reads a tensor value on the host.
     """
     loss = F.cross_entropy(result.logits, labels, label_smoothing=label_smoothing)
     total = loss + result.aux_loss
+    if gate_weight:
+        total = total + gate_weight * gate_supervision_loss(result, labels, result.mask or mask)
     if unimodal_weight and result.unimodal_logits:
         terms, present_any = [], []
         for m, logits in result.unimodal_logits.items():
@@ -80,6 +86,8 @@ class ClassificationTask(L.LightningModule):
         single_modality_fallback: a sample with one modality present gets that modality's decision (FusionModel).
         corruption: training corruption of one modality per sample (fields of fusion.data.corruption.CorruptionAugment).
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
+        gate_supervision_weight: weight of the last gate's supervision by which decision is right
+            (fusion/tasks/gate_supervision.py); 0 turns it off.
         lr: peak learning rate of the schedule.
         weight_decay: weight decay (decoupled for AdamW; for SGD added to the gradient as L2 by the optimizer).
         optimizer: "adamw" or "sgd" (SGD with ``momentum``).
@@ -96,7 +104,8 @@ class ClassificationTask(L.LightningModule):
                  unimodal_loss_weight: float = 1.0, lr: float = 2e-3, weight_decay: float = 1e-4,
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
-                 train_step: str = "lightning", single_modality_fallback: bool = False):
+                 train_step: str = "lightning", single_modality_fallback: bool = False,
+                 gate_supervision_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         if train_step not in ("lightning", *STEP_MODES):
@@ -197,7 +206,7 @@ class ClassificationTask(L.LightningModule):
 
     def _step_loss(self, result: FusionResult, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return classification_loss(result, batch["label"], clean_rows(result.mask, batch), self.hparams.label_smoothing,
-                                   self.hparams.unimodal_loss_weight)
+                                   self.hparams.unimodal_loss_weight, self.hparams.gate_supervision_weight)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 
 from fusion.fusions.base import FusionResult
 from fusion.tasks.classify import classification_loss, clean_rows
+from fusion.tasks.gate_supervision import gate_supervision_loss
 from tests.helpers.recipes import compose_recipe
 
 
@@ -35,7 +36,8 @@ def test_unimodal_losses_use_the_mask_after_dropout(recipe, tiny_digits, monkeyp
     terms = [F.cross_entropy(result.unimodal_logits[m][seen[m]], labels[seen[m]], label_smoothing=smoothing)
              for m in task.model.modalities if bool(seen[m].any())]
     expected = (F.cross_entropy(result.logits, labels, label_smoothing=smoothing) + result.aux_loss
-                + task.hparams.unimodal_loss_weight * torch.stack(terms).mean())
+                + task.hparams.unimodal_loss_weight * torch.stack(terms).mean()
+                + task.hparams.gate_supervision_weight * gate_supervision_loss(result, labels, seen))  # over what it saw
     torch.manual_seed(0)
     total = task._step(batch, "train")
     torch.testing.assert_close(total, expected)
