@@ -7,7 +7,9 @@ the softmax over the gate's present inputs of each input's own log-probability o
 A modality whose own decision grows less sure of the label (noise, occlusion, a voice never heard) is pulled
 towards less weight, in proportion; on rows where every decision is sure, towards equal weights. This is the
 ordering that quality-aware fusion asks of its weights (weights rank like the modalities' confidence in the
-label), learned from corrupted training rows as well as clean ones.
+label), learned from corrupted training rows as well as clean ones. Its cross-entropy also keeps a gradient
+where the gate's softmax has saturated on one input: without it, progressive fusion's decision gate could
+collapse onto the image decision for good (benchmarks/robustness/README.md).
 """
 
 from __future__ import annotations
