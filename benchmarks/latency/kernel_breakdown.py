@@ -4,8 +4,8 @@ Training: one step of the default progressive recipe at batch 64 (batches alread
 gpu_suite.py) in the graphed modes of fusion/tasks/train_step.py: samples/s over one epoch after 10 warm-up
 steps, the busy fraction of gpu_suite's profile, and the kernels of one replay by count and time.
 Inference: the batch-1 CUDA-graph replay (fusion/inference/cuda_graph.py) of each fusion kind in fp32, in bf16
-(`bf16_copy`) and in bf16 with the convolutions and their batch norms kept in fp32: p50 and the kernels of one
-replay. Fresh weights: the kernels do not depend on the values.
+(`bf16_copy`) and in bf16 with the convolutions and their batch norms kept in fp32, with `--compiled` also the
+graph of the compiled forward in fp32 and bf16: p50 and the kernels of one replay. Fresh weights: the kernels do not depend on the values.
 
     python benchmarks/latency/kernel_breakdown.py --data ../shared/data --out /tmp/kernels
 
@@ -73,16 +73,21 @@ def train_row(mode: str, spec: dict, train_dev: dict, device: torch.device) -> d
     return row
 
 
-def inference_rows(kind: str, spec: dict, single: dict, device: torch.device) -> list[dict]:
+def inference_rows(kind: str, spec: dict, single: dict, device: torch.device, compiled: bool) -> list[dict]:
     model, _ = build_model(kind, spec, 0)
     model = model.to(device).eval()
     conv_fp32 = bf16_copy(model)
     for module in conv_fp32.modules():
         if isinstance(module, CONVOLUTIONS):
             module.float()  # its input is cast to the weight's dtype by bf16_copy's hook
+    variants = [("fp32", model, False), ("bf16", bf16_copy(model).eval(), False), ("bf16_conv_fp32", conv_fp32.eval(), False)]
+    if compiled:
+        variants += [("compile_fp32", model, True), ("compile_bf16", bf16_copy(model).eval(), True)]
     rows = []
-    for name, variant in (("fp32", model), ("bf16", bf16_copy(model).eval()), ("bf16_conv_fp32", conv_fp32.eval())):
-        graphed = GraphedModel(variant)
+    for name, variant, compile_ in variants:
+        if compile_:
+            torch._dynamo.reset()  # each compiled model below Dynamo's recompile limit
+        graphed = GraphedModel(variant, compile=compile_)
         call = lambda g=graphed: g(single)  # noqa: E731
         latency = measure_latency(call, device, warmup=30, iters=300)
         row = {"kind": kind, "variant": name, "p50_ms": latency.p50_ms, **kernels(call, 20)}
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--kinds", default="late,progressive,early", help="fusion kinds of the inference rows")
     parser.add_argument("--train-modes", default="graph,compile_graph", help="graphed training modes")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also the graph of the torch.compile'd forward, fp32 and bf16 (inference rows)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_breakdown.py needs a CUDA device")
@@ -107,7 +114,7 @@ def main() -> None:
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "inference": [], "training": []}
     single = to_device(take_batch(test, 1), device)
     for kind in filter(None, args.kinds.split(",")):
-        report["inference"] += inference_rows(kind, spec, single, device)
+        report["inference"] += inference_rows(kind, spec, single, device, args.compiled)
     train_dev = to_device(train, device)
     for mode in filter(None, args.train_modes.split(",")):
         report["training"].append(train_row(mode, spec, train_dev, device))
