@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -13,11 +15,18 @@ from fusion.encoders.preprocessing import AudioPreprocessing
 class LogMel(nn.Module):
     """Waveform (B, L) -> log-mel spectrogram (B, 1, n_mels, frames), each band mean-normalised over time.
 
-    Per-band mean removal (cepstral-mean-style) takes out channel and speaker spectral tilt.
+    Per-band mean removal (cepstral-mean-style) takes out channel and speaker spectral tilt. Options:
+    `top_db` floors the log power at the utterance's peak minus that many dB; `voiced_db` takes the mean and
+    scale over the frames within that many dB of the loudest (so silence and padding do not set them);
+    `lifter` keeps the first that many cepstral coefficients (the spectral envelope; pitch harmonics go).
     """
 
-    def __init__(self, sample_rate: int = 8000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0):
+    def __init__(self, sample_rate: int = 8000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
+                 top_db: float | None = None, voiced_db: float | None = None, lifter: int | None = None):
         super().__init__()
+        self.top_db, self.voiced_db = top_db, voiced_db
+        # (M, M) projection onto the first `lifter` cepstral coefficients: the spectral envelope without pitch
+        self.register_buffer("lifter_matrix", cepstral_lifter(n_mels, lifter) if lifter else None, persistent=False)
         win = int(sample_rate * win_ms / 1000)
         n_fft = 1 << (win - 1).bit_length()
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -55,8 +64,30 @@ class LogMel(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.power_mel(wave.float()) + 1e-6)  # (B, M, T)
-        spec = spec - spec.mean(dim=2, keepdim=True)  # per band
-        return (spec / (spec.std(dim=(1, 2), keepdim=True) + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
+            if self.top_db is not None:  # floor at the utterance's peak minus top_db
+                spec = torch.maximum(spec, spec.amax(dim=(1, 2), keepdim=True) - self.top_db * DB_TO_LOG)
+            if self.lifter_matrix is not None:
+                spec = self.lifter_matrix @ spec  # (B, M, T)
+            if self.voiced_db is None:
+                weight = torch.ones_like(spec[:, :1])  # (B, 1, T)
+            else:  # statistics over the frames within voiced_db of the loudest, not the silence or padding
+                energy = torch.logsumexp(spec, dim=1, keepdim=True)  # (B, 1, T)
+                weight = (energy >= energy.amax(dim=2, keepdim=True) - self.voiced_db * DB_TO_LOG).to(spec.dtype)
+            frames = weight.sum(dim=2, keepdim=True)  # (B, 1, 1)
+            spec = spec - (spec * weight).sum(dim=2, keepdim=True) / frames  # per band
+            var = (spec.square() * weight).sum(dim=(1, 2), keepdim=True) / (frames * spec.shape[1] - 1)  # (B, 1, 1)
+        return (spec / (var.sqrt() + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
+
+
+DB_TO_LOG = math.log(10) / 10  # natural-log units of power per dB
+
+
+def cepstral_lifter(n_mels: int, keep: int) -> torch.Tensor:
+    """(M, M) matrix: orthonormal DCT-II over the mel axis, zero from coefficient `keep` on, inverse DCT."""
+    n = torch.arange(n_mels, dtype=torch.float64)
+    dct = torch.cos(torch.pi / n_mels * (n[None, :] + 0.5) * n[:, None]) * math.sqrt(2 / n_mels)  # (K, M)
+    dct[0] /= math.sqrt(2)
+    return (dct[:keep].T @ dct[:keep]).float()
 
 
 def windowed_dft_basis(window: torch.Tensor, n_fft: int) -> torch.Tensor:
@@ -113,12 +144,13 @@ class AudioEncoder(nn.Module):
         width: channels of the first conv block (doubled per block).
         augment: apply SpectrogramAugment in training mode (helps with unseen speakers).
         augment_args: keyword arguments of SpectrogramAugment (e.g. {"warp": 0.25}); defaults when None.
+        frontend_args: keyword arguments of LogMel (e.g. {"voiced_db": 30}); defaults when None.
     """
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, out_dim: int = 128, width: int = 16,
-                 augment: bool = True, augment_args: dict | None = None):
+                 augment: bool = True, augment_args: dict | None = None, frontend_args: dict | None = None):
         super().__init__()
-        self.frontend = LogMel(sample_rate, n_mels)
+        self.frontend = LogMel(sample_rate, n_mels, **(frontend_args or {}))
         self.augment = SpectrogramAugment(**(augment_args or {})) if augment else None
         layers, channels = [], 1
         for out in (width, width * 2, width * 4):

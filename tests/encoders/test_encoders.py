@@ -73,6 +73,35 @@ def test_log_mel_power_equals_torchaudio_and_compiles_as_one_graph():
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
+def test_log_mel_voiced_statistics_do_not_depend_on_the_padding():
+    """With `voiced_db` the per-band mean and the scale come from the frames near the loudest, so the same
+    utterance padded with more silence gives the same spectrogram; the default statistics include the padding."""
+    from fusion.encoders.audio import LogMel
+
+    t = torch.arange(2400) / 8000
+    burst = torch.sin(2 * torch.pi * 440 * t) * torch.hann_window(2400) + 0.3 * torch.sin(2 * torch.pi * 1500 * t)
+    short, long = torch.zeros(1, 4000), torch.zeros(1, 8000)  # the same 0.3 s of sound in 0.5 s and 1 s
+    short[0, 800:3200] = long[0, 800:3200] = burst
+    voiced = LogMel(top_db=80, voiced_db=30)
+    frames = voiced(short).shape[-1] - 2  # the last frame of the shorter clip sees its reflected end
+    torch.testing.assert_close(voiced(long)[..., :frames], voiced(short)[..., :frames], rtol=1e-4, atol=1e-4)
+    plain = LogMel()
+    assert (plain(long)[..., :frames] - plain(short)[..., :frames]).abs().max() > 0.1
+
+
+def test_cepstral_lifter_keeps_the_envelope_and_removes_fine_structure():
+    """The lifter is the projection onto the first `keep` DCT-II components of the mel axis: a log spectrum made
+    of those passes unchanged, a faster ripple (pitch harmonics) is removed; keeping all of them is the identity."""
+    from fusion.encoders.audio import cepstral_lifter
+
+    mels = torch.arange(40, dtype=torch.float64)
+    envelope = 2 + torch.cos(torch.pi / 40 * (mels + 0.5) * 3)  # DCT components 0 and 3
+    ripple = torch.cos(torch.pi / 40 * (mels + 0.5) * 30)  # component 30
+    lifter = cepstral_lifter(40, 20).double()
+    torch.testing.assert_close(lifter @ (envelope + ripple), envelope, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cepstral_lifter(40, 40), torch.eye(40), rtol=0, atol=1e-5)
+
+
 def test_log_mel_dft_convolution_equals_the_stft_power_and_is_what_export_traces():
     """The strided convolution with the windowed DFT basis gives torch.stft's power (odd lengths too), the basis
     is not in the state dict, and an exported program holds the convolution, not an STFT."""
