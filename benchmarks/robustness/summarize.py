@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fusion.eval.robustness import gate_of
 
-FUSIONS = ["early", "late", "progressive", "progressive_no_corruption"]
+FUSIONS = ("early", "late", "progressive")  # rows named after a fusion kind, with or without a suffix (late_gs)
 TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
 
 
@@ -72,7 +72,7 @@ def checks(summary: dict) -> list[str]:
              "| audio removed / image-only | gate falls (noise, occlusion, impulse) |", "|---|---|---|---|---|---|---|"]
     for split, rows in summary.items():
         image_only, audio_only = rows.get("image_only", {}).get("acc"), rows.get("audio_only", {}).get("acc")
-        for fusion in FUSIONS:
+        for fusion in sorted(r for r in rows if r.startswith(FUSIONS) and r != "progressive_degraded"):
             row = rows.get(fusion)
             if not row or row.get("acc") is None or image_only is None or audio_only is None:
                 continue
