@@ -17,16 +17,13 @@ class LogMel(nn.Module):
 
     Per-band mean removal (cepstral-mean-style) takes out channel and speaker spectral tilt. Options:
     `top_db` floors the log power at the utterance's peak minus that many dB; `voiced_db` takes the mean and
-    scale over the frames within that many dB of the loudest (so silence and padding do not set them);
-    `lifter` keeps the first that many cepstral coefficients (the spectral envelope; pitch harmonics go).
+    scale over the frames within that many dB of the loudest (so silence and padding do not set them).
     """
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, win_ms: float = 25.0, hop_ms: float = 10.0,
-                 top_db: float | None = None, voiced_db: float | None = None, lifter: int | None = None):
+                 top_db: float | None = None, voiced_db: float | None = None):
         super().__init__()
         self.top_db, self.voiced_db = top_db, voiced_db
-        # (M, M) projection onto the first `lifter` cepstral coefficients: the spectral envelope without pitch
-        self.register_buffer("lifter_matrix", cepstral_lifter(n_mels, lifter) if lifter else None, persistent=False)
         win = int(sample_rate * win_ms / 1000)
         n_fft = 1 << (win - 1).bit_length()
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -66,8 +63,6 @@ class LogMel(nn.Module):
             spec = torch.log(self.power_mel(wave.float()) + 1e-6)  # (B, M, T)
             if self.top_db is not None:  # floor at the utterance's peak minus top_db
                 spec = torch.maximum(spec, spec.amax(dim=(1, 2), keepdim=True) - self.top_db * DB_TO_LOG)
-            if self.lifter_matrix is not None:
-                spec = self.lifter_matrix @ spec  # (B, M, T)
             if self.voiced_db is None:
                 weight = torch.ones_like(spec[:, :1])  # (B, 1, T)
             else:  # statistics over the frames within voiced_db of the loudest, not the silence or padding
@@ -80,14 +75,6 @@ class LogMel(nn.Module):
 
 
 DB_TO_LOG = math.log(10) / 10  # natural-log units of power per dB
-
-
-def cepstral_lifter(n_mels: int, keep: int) -> torch.Tensor:
-    """(M, M) matrix: orthonormal DCT-II over the mel axis, zero from coefficient `keep` on, inverse DCT."""
-    n = torch.arange(n_mels, dtype=torch.float64)
-    dct = torch.cos(torch.pi / n_mels * (n[None, :] + 0.5) * n[:, None]) * math.sqrt(2 / n_mels)  # (K, M)
-    dct[0] /= math.sqrt(2)
-    return (dct[:keep].T @ dct[:keep]).float()
 
 
 def windowed_dft_basis(window: torch.Tensor, n_fft: int) -> torch.Tensor:

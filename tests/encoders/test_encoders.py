@@ -89,19 +89,6 @@ def test_log_mel_voiced_statistics_do_not_depend_on_the_padding():
     assert (plain(long)[..., :frames] - plain(short)[..., :frames]).abs().max() > 0.1
 
 
-def test_cepstral_lifter_keeps_the_envelope_and_removes_fine_structure():
-    """The lifter is the projection onto the first `keep` DCT-II components of the mel axis: a log spectrum made
-    of those passes unchanged, a faster ripple (pitch harmonics) is removed; keeping all of them is the identity."""
-    from fusion.encoders.audio import cepstral_lifter
-
-    mels = torch.arange(40, dtype=torch.float64)
-    envelope = 2 + torch.cos(torch.pi / 40 * (mels + 0.5) * 3)  # DCT components 0 and 3
-    ripple = torch.cos(torch.pi / 40 * (mels + 0.5) * 30)  # component 30
-    lifter = cepstral_lifter(40, 20).double()
-    torch.testing.assert_close(lifter @ (envelope + ripple), envelope, rtol=0, atol=1e-5)
-    torch.testing.assert_close(cepstral_lifter(40, 40), torch.eye(40), rtol=0, atol=1e-5)
-
-
 def test_log_mel_dft_convolution_equals_the_stft_power_and_is_what_export_traces():
     """The strided convolution with the windowed DFT basis gives torch.stft's power (odd lengths too), the basis
     is not in the state dict, and an exported program holds the convolution, not an STFT."""
