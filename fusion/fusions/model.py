@@ -7,6 +7,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult
+from fusion.fusions.blank_inputs import absent_if_blank
 from fusion.fusions.modality_dropout import modality_dropout
 
 
@@ -20,15 +21,18 @@ class FusionModel(nn.Module):
         single_modality_fallback: a sample with one modality present gets that modality's own decision
             (log-probabilities of its head, which reads that modality only) rather than the fused layers' answer
             from one input.
+        blank_as_absent: a row whose dense input is one constant value (a silent clip) counts as that modality
+            missing (fusion/fusions/blank_inputs.py).
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
-                 single_modality_fallback: bool = False):
+                 single_modality_fallback: bool = False, blank_as_absent: bool = False):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
         self.single_modality_fallback = single_modality_fallback
+        self.blank_as_absent = blank_as_absent
         lacking = [m for m, e in encoders.items()
                    if self.needs_tokens and not (hasattr(e, "forward_tokens") and getattr(e, "gives_tokens", True))]
         if lacking:
@@ -57,6 +61,8 @@ class FusionModel(nn.Module):
 
     def forward_with_details(self, batch: dict) -> FusionResult:
         mask = {m: batch["mask"][m] for m in self.modalities}
+        if self.blank_as_absent:
+            mask = absent_if_blank(mask, batch, self.modalities)
         if self.training and self.modality_dropout > 0:
             mask = modality_dropout(mask, self.modality_dropout)
         if self.needs_tokens:

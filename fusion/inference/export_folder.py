@@ -99,7 +99,8 @@ def load_safetensors_model(folder: Path, config: dict) -> FusionModel:
     path = verify_file(folder, SAFETENSORS, config["files"][SAFETENSORS])
     hparams = config["model"]
     model = build_fusion_model(hparams["data_spec"], hparams["encoders"], hparams["fusion"],
-                               single_modality_fallback=hparams.get("single_modality_fallback", False))
+                               single_modality_fallback=hparams.get("single_modality_fallback", False),
+                               blank_as_absent=hparams.get("blank_as_absent", False))
     try:
         state = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type on damaged headers

@@ -27,16 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0,
-                       single_modality_fallback: bool = False) -> FusionModel:
+                       single_modality_fallback: bool = False, blank_as_absent: bool = False) -> FusionModel:
     """Instantiates the encoders of the data's modalities (a config, or a tower name such as "tv:resnet18") and a
-    fusion over their output sizes (`single_modality_fallback`: see FusionModel)."""
+    fusion over their output sizes (`single_modality_fallback`, `blank_as_absent`: see FusionModel)."""
     missing = [m for m in data_spec["modalities"] if m not in encoders]
     if missing:
         raise ConfigError(f"model.encoders has no config for modality {missing} present in the data")
     built = {m: instantiate(encoder_config(m, encoders[m])) for m in data_spec["modalities"]}
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
-    return FusionModel(built, fusion_module, modality_dropout, single_modality_fallback)
+    return FusionModel(built, fusion_module, modality_dropout, single_modality_fallback, blank_as_absent)
 
 
 def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[str, torch.Tensor],
@@ -84,6 +84,7 @@ class ClassificationTask(L.LightningModule):
         fusion: fusion config (`_target_` + arguments; modality_dims and num_classes are filled in).
         modality_dropout: share of training samples shown only a random proper subset of their modalities.
         single_modality_fallback: a sample with one modality present gets that modality's decision (FusionModel).
+        blank_as_absent: a row whose dense input is one constant value counts as that modality missing.
         corruption: training corruption of one modality per sample (fields of fusion.data.corruption.CorruptionAugment).
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
         gate_supervision_weight: weight of the last gate's supervision by which decision is right
@@ -105,7 +106,7 @@ class ClassificationTask(L.LightningModule):
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
                  train_step: str = "lightning", single_modality_fallback: bool = False,
-                 gate_supervision_weight: float = 0.0):
+                 gate_supervision_weight: float = 0.0, blank_as_absent: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if train_step not in ("lightning", *STEP_MODES):
@@ -114,7 +115,8 @@ class ClassificationTask(L.LightningModule):
             raise ConfigError(f"model.train_step={train_step} uses fused AdamW; it needs model.optimizer=adamw")
         self.automatic_optimization = train_step == "lightning"
         self._stepper: TrainStep | None = None
-        self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, single_modality_fallback)
+        self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, single_modality_fallback,
+                                        blank_as_absent)
         self.corruption = CorruptionAugment(**(corruption or {}))
         k = data_spec["num_classes"]
         metrics = torchmetrics.MetricCollection({
