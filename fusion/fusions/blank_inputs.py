@@ -25,4 +25,4 @@ def absent_if_blank(mask: dict[str, torch.Tensor], batch: dict, modalities: list
     present = {m: mask[m].bool() for m in modalities}
     seen = {m: present[m] & ~blank if (blank := blank_rows(batch[m])) is not None else present[m] for m in modalities}
     left = torch.stack([seen[m] for m in modalities], dim=1).any(dim=1)  # (B,)
-    return {m: torch.where(left, seen[m], present[m]) for m in modalities}
+    return {m: seen[m] | (present[m] & ~left) for m in modalities}  # logic ops: ONNX Runtime has no bool Where
