@@ -11,6 +11,8 @@ from torch import nn
 
 from fusion.encoders.preprocessing import AudioPreprocessing
 
+DB_TO_LOG = math.log(10) / 10  # natural-log units of power per dB
+
 
 class LogMel(nn.Module):
     """Waveform (B, L) -> log-mel spectrogram (B, 1, n_mels, frames), each band mean-normalised over time.
@@ -72,9 +74,6 @@ class LogMel(nn.Module):
             spec = spec - (spec * weight).sum(dim=2, keepdim=True) / frames  # per band
             var = (spec.square() * weight).sum(dim=(1, 2), keepdim=True) / (frames * spec.shape[1] - 1)  # (B, 1, 1)
         return (spec / (var.sqrt() + 1e-5)).unsqueeze(1)  # (B, 1, M, T)
-
-
-DB_TO_LOG = math.log(10) / 10  # natural-log units of power per dB
 
 
 def windowed_dft_basis(window: torch.Tensor, n_fft: int) -> torch.Tensor:
