@@ -72,7 +72,7 @@ def checks(summary: dict) -> list[str]:
              "| audio removed / image-only | gate falls (noise, occlusion, impulse) |", "|---|---|---|---|---|---|---|"]
     for split, rows in summary.items():
         image_only, audio_only = rows.get("image_only", {}).get("acc"), rows.get("audio_only", {}).get("acc")
-        for fusion in sorted(r for r in rows if r.startswith(FUSIONS) and r != "progressive_degraded"):
+        for fusion in sorted(r for r in rows if r.startswith(FUSIONS) and "degraded" not in r):  # clean rows only
             row = rows.get(fusion)
             if not row or row.get("acc") is None or image_only is None or audio_only is None:
                 continue
