@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from fusion.encoders.mix_style import MixStyle
 from fusion.encoders.preprocessing import AudioPreprocessing
 
 DB_TO_LOG = math.log(10) / 10  # natural-log units of power per dB
@@ -132,13 +131,10 @@ class AudioEncoder(nn.Module):
         augment: apply SpectrogramAugment in training mode (helps with unseen speakers).
         augment_args: keyword arguments of SpectrogramAugment (e.g. {"warp": 0.25}); defaults when None.
         frontend_args: keyword arguments of LogMel (e.g. {"voiced_db": 30}); defaults when None.
-        mix_style: in training, the share of samples whose feature statistics after the first and second conv
-            blocks are mixed with another sample's (fusion/encoders/mix_style.py: new voices); 0 turns it off.
     """
 
     def __init__(self, sample_rate: int = 8000, n_mels: int = 40, out_dim: int = 128, width: int = 16,
-                 augment: bool = True, augment_args: dict | None = None, frontend_args: dict | None = None,
-                 mix_style: float = 0.0):
+                 augment: bool = True, augment_args: dict | None = None, frontend_args: dict | None = None):
         super().__init__()
         self.frontend = LogMel(sample_rate, n_mels, **(frontend_args or {}))
         self.augment = SpectrogramAugment(**(augment_args or {})) if augment else None
@@ -148,7 +144,6 @@ class AudioEncoder(nn.Module):
                        nn.MaxPool2d(2)]
             channels = out
         self.body = nn.Sequential(*layers)
-        self.mix_style = MixStyle(p=mix_style)
         self.proj = nn.Linear(channels, out_dim)
         self.out_dim = out_dim
 
@@ -161,21 +156,11 @@ class AudioEncoder(nn.Module):
         spec = self.frontend(wave)  # (B, 1, M, T)
         return self.augment(spec) if self.training and self.augment is not None else spec
 
-    def feature_map(self, wave: torch.Tensor) -> torch.Tensor:
-        """Waveforms (B, L) -> the last conv block's map (B, C, M', T'); MixStyle after blocks 1 and 2."""
-        x = self.spectrogram(wave)
-        blocks = len(self.body) // 4  # conv, norm, ReLU, pool
-        for block in range(blocks):
-            x = self.body[4 * block : 4 * block + 4](x)
-            if block < blocks - 1:
-                x = self.mix_style(x)
-        return x
-
     def forward_tokens(self, wave: torch.Tensor) -> torch.Tensor:
-        fmap = self.feature_map(wave)  # (B, C, M', T')
+        fmap = self.body(self.spectrogram(wave))  # (B, C, M', T')
         return self.proj(fmap.mean(dim=2).transpose(1, 2))  # (B, T', D)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        fmap = self.feature_map(wave)  # (B, C, M', T')
+        fmap = self.body(self.spectrogram(wave))  # (B, C, M', T')
         pooled = fmap.mean(dim=2)  # (B, C, T')
         return self.proj(torch.maximum(pooled.mean(dim=2), pooled.amax(dim=2)))  # (B, D)
