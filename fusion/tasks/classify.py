@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 
 from fusion.data.corruption import CorruptionAugment
 from fusion.encoders.finetune import pretrained_lr_scales, scaled_groups
@@ -101,8 +102,9 @@ class ClassificationTask(L.LightningModule):
             forward): the sync-free step with fused AdamW; training
             loss and accuracy are then logged per epoch (not per step) and gate means are not logged.
         weight_average_decay: > 0 keeps an exponential moving average of the weights (fusion/tasks/weight_average.py)
-            with this decay per optimizer step; validation, testing and the checkpoints' "model.*" weights are the
-            averaged ones (the trained ones ride along in the checkpoint for resuming). 0 turns it off.
+            with this decay per optimizer step; validation and the checkpoints' "model.*" weights are the averaged
+            ones (the trained ones ride along in the checkpoint for resuming), and after fitting the model holds
+            them. 0 turns it off.
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.3,
@@ -199,12 +201,8 @@ class ClassificationTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
-        self._use_average(False)
 
     def on_validation_epoch_start(self) -> None:
-        self._use_average(True)
-
-    def on_test_epoch_start(self) -> None:
         self._use_average(True)
 
     def _use_average(self, averaged: bool) -> None:
@@ -234,10 +232,10 @@ class ClassificationTask(L.LightningModule):
                                         "updates": int(self.weight_average.updates.item())}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming or testing from a checkpoint of an averaged run: the trained weights go into the model, the
-        averaged ones into the average."""
+        """Resuming the training of an averaged run: the trained weights go into the model, the averaged ones into
+        the average. Testing or predicting keeps the checkpoint's model, the averaged weights."""
         stored = checkpoint.get("weight_average")
-        if stored is None:
+        if stored is None or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
             return
         state = checkpoint["state_dict"]
         average = {name: state[f"model.{name}"] for name in stored["live"]}
@@ -287,15 +285,16 @@ class ClassificationTask(L.LightningModule):
         return out
 
     def on_fit_end(self) -> None:
-        """With cross-fitting, refits the decision gate of the best weights on out-of-fold decisions and rewrites
-        the best checkpoint."""
+        """The averaged weights become the model's for good (testing, saving); with cross-fitting, refits the
+        decision gate of the best weights on out-of-fold decisions and rewrites the best checkpoint."""
+        self._use_average(True)
+        self.weight_average = None
         if self.out_of_fold is None:
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
         if best:
             self.load_state_dict(load_checkpoint_file(best)["state_dict"])
-        self.weight_average = None  # the best weights (averaged, if averaging) are now the model's, refitted below
         fusion = self.model.fusion
         before = decision_accuracy(fusion, self.out_of_fold)
         losses = fit_decision_gate(fusion, self.out_of_fold, self.out_of_fold_epochs, self.out_of_fold_lr,
