@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from hydra.utils import instantiate
-from lightning.pytorch.trainer.states import TrainerFn
 
 from fusion.data.corruption import CorruptionAugment
 from fusion.encoders.finetune import pretrained_lr_scales, scaled_groups
@@ -23,7 +22,6 @@ from fusion.tasks.epoch_means import EpochMeans
 from fusion.tasks.gate_supervision import gate_supervision_loss
 from fusion.tasks.train_step import MODES as STEP_MODES
 from fusion.tasks.train_step import TrainStep, make_adamw
-from fusion.tasks.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +99,6 @@ class ClassificationTask(L.LightningModule):
             "compile", "graph" (the whole step one CUDA graph) or "compile_graph" (that graph around the compiled
             forward): the sync-free step with fused AdamW; training
             loss and accuracy are then logged per epoch (not per step) and gate means are not logged.
-        weight_average_decay: > 0 keeps an exponential moving average of the weights (fusion/tasks/weight_average.py)
-            with this decay per optimizer step; validation and the checkpoints' "model.*" weights are the averaged
-            ones (the trained ones ride along in the checkpoint for resuming), and after fitting the model holds
-            them. 0 turns it off.
     """
 
     def __init__(self, data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.3,
@@ -112,8 +106,7 @@ class ClassificationTask(L.LightningModule):
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
                  train_step: str = "lightning", single_modality_fallback: bool = False,
-                 gate_supervision_weight: float = 0.0, blank_as_absent: bool = False,
-                 weight_average_decay: float = 0.0):
+                 gate_supervision_weight: float = 0.0, blank_as_absent: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if train_step not in ("lightning", *STEP_MODES):
@@ -122,10 +115,6 @@ class ClassificationTask(L.LightningModule):
             raise ConfigError(f"model.train_step={train_step} uses fused AdamW; it needs model.optimizer=adamw")
         self.automatic_optimization = train_step == "lightning"
         self._stepper: TrainStep | None = None
-        if not 0.0 <= weight_average_decay < 1.0:
-            raise ConfigError(f"model.weight_average_decay must be in [0, 1), got {weight_average_decay}")
-        self.weight_average: WeightAverage | None = None
-        self._stored_average: dict | None = None  # from a checkpoint, until the average is built
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, single_modality_fallback,
                                         blank_as_absent)
         self.corruption = CorruptionAugment(**(corruption or {}))
@@ -197,54 +186,9 @@ class ClassificationTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_means("val")
-        self._use_average(False)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_means("test")
-
-    def on_validation_epoch_start(self) -> None:
-        self._use_average(True)
-
-    def _use_average(self, averaged: bool) -> None:
-        """Puts the averaged (True) or the trained (False) weights into the model."""
-        if self.weight_average is not None and self.weight_average.swapped != averaged:
-            self.weight_average.swap()
-
-    def on_fit_start(self) -> None:
-        decay = self.hparams.get("weight_average_decay", 0.0)
-        if decay and self.weight_average is None:
-            stored = self._stored_average or {}
-            self.weight_average = WeightAverage(self.model, decay, stored.get("average"), stored.get("updates", 0))
-            self._stored_average = None
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
-        if self.weight_average is not None:
-            self.weight_average.update()
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The averaged weights become the checkpoint's model; the trained ones are kept for resuming."""
-        if self.weight_average is None:
-            return
-        state = checkpoint["state_dict"]
-        state.update({f"model.{name}": value for name, value in self.weight_average.averaged_state().items()})
-        checkpoint["weight_average"] = {"live": self.weight_average.live_state(),
-                                        "updates": int(self.weight_average.updates.item())}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming the training of an averaged run: the trained weights go into the model, the averaged ones into
-        the average. Testing or predicting keeps the checkpoint's model, the averaged weights."""
-        stored = checkpoint.get("weight_average")
-        if stored is None or self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
-            return
-        state = checkpoint["state_dict"]
-        average = {name: state[f"model.{name}"] for name in stored["live"]}
-        state.update({f"model.{name}": value for name, value in stored["live"].items()})
-        if self.weight_average is not None:
-            self._use_average(False)
-            self.weight_average.load(average, stored["updates"])
-        else:
-            self._stored_average = {"average": average, "updates": stored["updates"]}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
@@ -255,9 +199,7 @@ class ClassificationTask(L.LightningModule):
             if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val:
                 raise ConfigError(f"model.train_step={self.hparams.train_step} does its own optimizer step: leave "
                                   "trainer.accumulate_grad_batches=1 and trainer.gradient_clip_val=null")
-            after_step = self.weight_average.update if self.weight_average is not None else None
-            self._stepper = TrainStep(self.model, optimizer.optimizer, self._step_loss, mode=self.hparams.train_step,
-                                      after_step=after_step)
+            self._stepper = TrainStep(self.model, optimizer.optimizer, self._step_loss, mode=self.hparams.train_step)
         optimizer._on_before_step()  # Lightning's step counter (global_step) in manual optimisation
         self._stepper.step(self.corruption(batch))
         optimizer._on_after_step()
@@ -285,10 +227,8 @@ class ClassificationTask(L.LightningModule):
         return out
 
     def on_fit_end(self) -> None:
-        """The averaged weights become the model's for good (testing, saving); with cross-fitting, refits the
-        decision gate of the best weights on out-of-fold decisions and rewrites the best checkpoint."""
-        self._use_average(True)
-        self.weight_average = None
+        """With cross-fitting, refits the decision gate of the best weights on out-of-fold decisions and rewrites
+        the best checkpoint."""
         if self.out_of_fold is None:
             return
         callback = self.trainer.checkpoint_callback

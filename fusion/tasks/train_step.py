@@ -69,12 +69,10 @@ class TrainStep:
         loss_fn: (result, batch) -> (total, fused CE); e.g. a partial of `classification_loss`.
         mode: one of ``MODES``.
         warmup: eager steps before the capture (``graph``).
-        after_step: called after every optimizer step, inside the captured graph too (e.g. WeightAverage.update);
-            it must not read device values on the host.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, mode: str = "eager",
-                 warmup: int = 3, after_step: Callable[[], None] | None = None):
+                 warmup: int = 3):
         if mode not in MODES:
             raise ConfigError(f"train_step mode must be one of {list(MODES)}, got {mode!r}")
         self.model, self.optimizer, self.loss_fn, self.mode = model, optimizer, loss_fn, mode
@@ -83,7 +81,7 @@ class TrainStep:
             raise ConfigError(f"train_step mode '{mode}' needs a CUDA device, the model is on '{self.device}'")
         if mode in GRAPH_MODES and not all(group.get("capturable", False) for group in optimizer.param_groups):
             raise ConfigError(f"train_step mode '{mode}' needs a capturable optimizer (make_adamw on CUDA)")
-        self.warmup, self.after_step = warmup, after_step
+        self.warmup = warmup
         self.stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss x B, correct, samples
         # on the GPU Inductor also launches independent small kernels together (combo kernels: 440 -> 392 per step
         # of the default progressive model, benchmarks/latency/README.md)
@@ -106,13 +104,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         total, update = self.forward_loss(batch)
         total.backward()
-        self._optimizer_step()
-        self.stats += update
-
-    def _optimizer_step(self) -> None:
         self.optimizer.step()
-        if self.after_step is not None:
-            self.after_step()
+        self.stats += update
 
     def _size(self, batch: dict) -> int:
         return int(batch["label"].shape[0])
@@ -147,7 +140,7 @@ class TrainStep:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             total, update = self.forward_loss(self.static)
             total.backward()
-            self._optimizer_step()
+            self.optimizer.step()
             self.stats += update
         self.graph.replay()  # capturing records the step without running it
 
