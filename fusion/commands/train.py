@@ -18,8 +18,9 @@ log = logging.getLogger("fusion")
 
 
 def move_log_to_run_dir(output_dir: Path, log_name: str, run_dir: Path) -> None:
-    """When the run went to another folder (rank 0's, on another node), moves this process's job log there as
-    `<job>.<host>-<pid>.log` and removes its own folder if nothing else is in it."""
+    """When the run went to another folder than Hydra's (`run_dir=`, a resumed run's, rank 0's on another node),
+    moves this process's job log there as `<job>.<host>-<pid>.log` and removes Hydra's folder if nothing else is in
+    it."""
     log_file = output_dir / log_name
     if log_file.is_file():
         if log_file.stat().st_size == 0:
@@ -46,12 +47,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
             # a resumed run continues in its own folder, so best.ckpt selection carries on
             resumed_from = Path(cfg.ckpt_path).expanduser().parent if cfg.get("ckpt_path") else None
             cfg.run_dir = str(resumed_from) if resumed_from else str(output_dir)
-    own_default = cfg.run_dir == str(output_dir)
     metrics = train(cfg)  # sets cfg.run_dir to rank 0's folder on every node of a multi-node run
-    if own_default and Path(cfg.run_dir).resolve() != output_dir.resolve():
-        move_log_to_run_dir(output_dir, f"{HydraConfig.get().job.name}.log", Path(cfg.run_dir))
     log.info("run folder: %s", cfg.run_dir)
     log.info("test metrics: %s", json.dumps(metrics, sort_keys=True))
+    if Path(cfg.run_dir).resolve() != output_dir.resolve():  # run_dir=, a resumed run, another node's folder
+        move_log_to_run_dir(output_dir, f"{HydraConfig.get().job.name}.log", Path(cfg.run_dir))
     return metrics
 
 
