@@ -42,3 +42,4 @@ def test_report_of_a_progressive_run(tiny_runs):
     weights = report["gate"]
     assert set(weights) == {"decision/audio", "decision/image", "decision/text", "decision/fused"}
     assert abs(sum(weights.values()) - 1) < 1e-3  # the decision gate's weights sum to one per row
+    assert report["gate_fused_tempered"]["1.0"] == report["model"]  # the gate's mix at T = 1 is the model's answer
