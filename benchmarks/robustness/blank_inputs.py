@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,8 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     run = load_run(args.run)
-    with tempfile.TemporaryDirectory() as scratch:
-        batches, _ = load_test_batches(run, {}, Path(scratch))
+    batches, _ = load_test_batches(run, {})
     results = {}
     for blank_as_absent in (False, True):
         run.model.blank_as_absent = blank_as_absent

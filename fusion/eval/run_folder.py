@@ -131,8 +131,9 @@ def test_data_config(run: LoadedRun, data_overrides: dict) -> dict:
     return {**run.config["data"], **data_overrides, "augment": False}
 
 
-def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path) -> tuple[list[dict], object]:
-    """Test batches of the run's data (or of ``data_overrides``, e.g. another manifest), in the run's label order.
+def load_test_batches(run: LoadedRun, data_overrides: dict, out_dir: Path | None = None) -> tuple[list[dict], object]:
+    """Test batches of the run's data (or of ``data_overrides``, e.g. another manifest), in the run's label order;
+    a skip report of rows with problems goes to ``out_dir`` (None: none is written).
 
     Raises:
         ValueError: when the data's classes or modalities differ from the ones the model was trained on.
