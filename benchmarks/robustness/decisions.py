@@ -2,38 +2,40 @@
 
     python benchmarks/robustness/decisions.py RUN [RUN ...] [--temperatures 2 4] [--out results/decisions.json]
 
-On the run's test split: the accuracy of the model's answer, of each decision the decision gate weighs (one per
-modality, read before any feedback, and the fused one), of fixed sums of their log-probabilities (a product of
-experts, the Bayes rule for independent, calibrated decisions), of the most confident decision, and the share of
-rows that at least one decision gets right (a bound for any per-row choice among them). Also each decision's mean
-top probability (against its accuracy: over- or under-confident), the gate's mean weights, and the gate's own
+On the run's test split: the accuracy of the model's answer (every row) and of each decision the decision gate
+weighs (one per modality, read before any feedback, over the rows where that modality is present; and the fused
+one), with its mean top probability (against its accuracy: over- or under-confident). On the rows with every
+modality present (`complete_rows`): the model's answer again, fixed sums of the decisions' log-probabilities (a
+product of experts, the Bayes rule for independent, calibrated decisions), the most confident decision, the share
+of rows that at least one decision gets right (a bound for any per-row choice among them), and the gate's own
 weights applied with the fused decision softened by each temperature T (log_softmax(fused / T); T = 1 is the
-model's answer wherever every modality is present).
+model's answer). Also the gate's mean weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 from fusion.eval.run_folder import load_run, load_test_batches
+from fusion.fusions.progressive import FUSED
 
-FIXED = {"audio + image": {"audio": 1.0, "image": 1.0}, "image + fused": {"image": 1.0, "~fused": 1.0},
-         "audio + image + fused": {"audio": 1.0, "image": 1.0, "~fused": 1.0},
+FIXED = {"audio + image": {"audio": 1.0, "image": 1.0}, "image + fused": {"image": 1.0, FUSED: 1.0},
+         "audio + image + fused": {"audio": 1.0, "image": 1.0, FUSED: 1.0},
          "audio / 2 + image": {"audio": 0.5, "image": 1.0}}
 
 
-def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Log-probabilities of each decision (N, K) by name, the model's logits (N, K), labels (N,), and the decision
-    gate's weights (N,) by decision name."""
+def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
+                                      dict[str, torch.Tensor]]:
+    """By decision name: log-probabilities (N, K) and the rows where its modality was present (N,) bool; the model's
+    logits (N, K), labels (N,), and the decision gate's weights (N,) by decision name."""
     run = load_run(path)
-    with tempfile.TemporaryDirectory() as scratch:
-        batches, _ = load_test_batches(run, {}, Path(scratch))
+    batches, _ = load_test_batches(run, {})
     parts: dict[str, list[torch.Tensor]] = {}
+    present: dict[str, list[torch.Tensor]] = {}
     logits, labels, weights = [], [], {}
     with torch.no_grad():
         for batch in batches:
@@ -42,36 +44,45 @@ def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, tor
                 raise SystemExit(f"{path}: {run.kind} fusion has no decision gate (progressive fusion has one)")
             for name, value in result.decision_logits.items():
                 parts.setdefault(name, []).append(torch.log_softmax(value.float(), dim=1))
+                seen = result.mask.get(name, torch.ones_like(batch["label"], dtype=torch.bool))  # the fused one: every row
+                present.setdefault(name, []).append(seen.bool())
             logits.append(result.logits.float())
             labels.append(batch["label"])
             for name, value in result.gate_weights.items():
                 if name.startswith("decision/"):
                     weights.setdefault(name, []).append(value.float())
-    gate = {name.removeprefix("decision/").replace("fused", "~fused"): torch.cat(v) for name, v in weights.items()}
-    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(logits), torch.cat(labels), gate
+    # the gate names the fused decision "fused"; the decisions call it FUSED
+    gate = {FUSED if name == "decision/fused" else name.removeprefix("decision/"): torch.cat(v)
+            for name, v in weights.items()}
+    return ({k: torch.cat(v) for k, v in parts.items()}, {k: torch.cat(v) for k, v in present.items()},
+            torch.cat(logits), torch.cat(labels), gate)
 
 
 def report(path: Path, temperatures: tuple[float, ...] = (2.0, 4.0)) -> dict:
-    decisions, logits, labels, gate = decisions_of(path)
+    decisions, present, logits, labels, gate = decisions_of(path)
 
-    def accuracy(scores: torch.Tensor) -> float:
-        return round(100 * (scores.argmax(1) == labels).float().mean().item(), 2)
+    def accuracy(scores: torch.Tensor, rows: torch.Tensor) -> float:
+        return round(100 * (scores.argmax(1) == labels)[rows].float().mean().item(), 2)
 
-    means = {f"decision/{name.lstrip('~')}": round(w.mean().item(), 4) for name, w in gate.items()}
-    out = {"run": str(path), "rows": len(labels), "model": accuracy(logits), "gate": means,
-           "decisions": {name: {"acc": accuracy(logp), "mean_top_prob": round(logp.exp().max(1).values.mean().item(), 3)}
+    every = torch.ones_like(labels, dtype=torch.bool)
+    complete = torch.stack(list(present.values()), dim=1).all(dim=1)  # (N,) every modality present
+    means = {f"decision/{name.replace(FUSED, 'fused')}": round(w.mean().item(), 4) for name, w in gate.items()}
+    out = {"run": str(path), "rows": len(labels), "complete_rows": int(complete.sum()), "model": accuracy(logits, every),
+           "model_complete": accuracy(logits, complete), "gate": means,
+           "decisions": {name: {"acc": accuracy(logp, present[name]),
+                                "mean_top_prob": round(logp.exp().max(1).values[present[name]].mean().item(), 3)}
                          for name, logp in decisions.items()}}
-    out["fixed"] = {name: accuracy(sum(w * decisions[d] for d, w in weights.items()))
+    out["fixed"] = {name: accuracy(sum(w * decisions[d] for d, w in weights.items()), complete)
                     for name, weights in FIXED.items() if all(d in decisions for d in weights)}
     stacked = torch.stack(list(decisions.values()), dim=1)  # (N, D, K)
     confident = stacked.max(dim=2).values.argmax(dim=1)  # (N,)
-    out["most_confident"] = accuracy(stacked[torch.arange(len(labels)), confident])
-    right = (stacked.argmax(dim=2) == labels[:, None]).any(dim=1)  # (N,)
+    out["most_confident"] = accuracy(stacked[torch.arange(len(labels)), confident], complete)
+    right = (stacked.argmax(dim=2) == labels[:, None]).any(dim=1)[complete]  # (complete rows,)
     out["any_right"] = round(100 * right.float().mean().item(), 2)
     out["gate_fused_tempered"] = {}
     for t in (1.0, *temperatures):
-        softened = {**decisions, "~fused": torch.log_softmax(decisions["~fused"] / t, dim=1)}
-        out["gate_fused_tempered"][str(t)] = accuracy(sum(gate[d][:, None] * softened[d] for d in gate))
+        softened = {**decisions, FUSED: torch.log_softmax(decisions[FUSED] / t, dim=1)}
+        out["gate_fused_tempered"][str(t)] = accuracy(sum(gate[d][:, None] * softened[d] for d in gate), complete)
     return out
 
 
@@ -85,8 +96,9 @@ def main() -> None:
     for r in results:
         decisions = ", ".join(f"{k} {v['acc']} (top p {v['mean_top_prob']})" for k, v in r["decisions"].items())
         fixed = ", ".join(f"{k} {v}" for k, v in r["fixed"].items())
-        print(f"{r['run']}: model {r['model']} | {decisions} | {fixed} | most confident {r['most_confident']} | "
-              f"any right {r['any_right']} | gate {r['gate']} | gate, fused / T {r['gate_fused_tempered']}")
+        print(f"{r['run']}: model {r['model']} | {decisions} | on the {r['complete_rows']} rows with every modality: "
+              f"model {r['model_complete']}, {fixed}, most confident {r['most_confident']}, any right "
+              f"{r['any_right']}, gate with fused / T {r['gate_fused_tempered']} | gate {r['gate']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 
