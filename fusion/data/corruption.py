@@ -174,7 +174,7 @@ class CorruptionAugment:
     def __call__(self, batch: dict) -> dict:
         """Returns a corrupted copy of ``batch`` (B rows; masks and labels unchanged) with ``"corrupted"``:
         modality -> (B,) bool, the rows whose modality was corrupted (`classification_loss` keeps them out of
-        that modality's own loss)."""
+        that modality's own loss), and ``"clean"``: modality -> its input before corruption."""
         modalities = [m for m in sorted(batch["mask"]) if self.kinds.get(m)]
         if self.p <= 0 or not modalities:
             return batch
@@ -183,6 +183,7 @@ class CorruptionAugment:
         chosen = _rand((present.shape[0],), None, device) < self.p  # (B,)
         target = (_rand(present.shape, None, device) * present).argmax(dim=1)  # (B,) a random present modality
         levels = _rand((present.shape[0],), None, device) * self.max_level  # (B,)
+        clean = {m: batch[m] for m in modalities}
         corrupted = {}
         for i, m in enumerate(modalities):
             rows = chosen & present[:, i] & (target == i)  # (B,)
@@ -191,4 +192,4 @@ class CorruptionAugment:
             for k, kind in enumerate(kinds):
                 batch = corrupt(batch, m, kind, levels * (rows & (pick == k)))
             corrupted[m] = rows
-        return {**batch, "corrupted": corrupted}
+        return {**batch, "corrupted": corrupted, "clean": clean}

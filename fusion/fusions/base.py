@@ -21,6 +21,9 @@ class FusionResult:
         decision_logits: name -> (B, num_classes), every decision a decision-level gate weighs (the modality
             decisions and, for progressive fusion, the fused one), where the fusion has such a gate.
         mask: modality -> (B,) bool, the presence the fusion was given (after modality dropout in training).
+        own_logits: in training with clean own inputs (FusionModel.own_inputs="clean"), modality -> (B, K): each
+            modality's decision on its clean input, for every row where the data has it (``own_mask``).
+        own_mask: modality -> (B,) bool, the rows of ``own_logits``.
     """
 
     logits: torch.Tensor
@@ -29,6 +32,8 @@ class FusionResult:
     unimodal_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     decision_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    own_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    own_mask: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Fusion(nn.Module):

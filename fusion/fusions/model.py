@@ -23,11 +23,18 @@ class FusionModel(nn.Module):
             from one input.
         blank_as_absent: a row whose dense input is one constant value (a silent clip) counts as that modality
             missing (fusion/fusions/blank_inputs.py).
+        own_inputs: what each modality's own decision learns from in training. "seen": the rows the fusion
+            was shown, as they were shown (corrupted rows are then left out of the own loss by the task);
+            "clean": every row where the data has the modality, on its input before training corruption and
+            before modality dropout (`FusionResult.own_logits`; the encoders of corrupted modalities run twice).
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
-                 single_modality_fallback: bool = False, blank_as_absent: bool = False):
+                 single_modality_fallback: bool = False, blank_as_absent: bool = False, own_inputs: str = "seen"):
         super().__init__()
+        if own_inputs not in ("seen", "clean"):
+            raise ConfigError(f"model.unimodal_loss_inputs must be 'seen' or 'clean', got {own_inputs!r}")
+        self.own_inputs = own_inputs
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
@@ -60,20 +67,37 @@ class FusionModel(nn.Module):
         return tokens, valid
 
     def forward_with_details(self, batch: dict) -> FusionResult:
-        mask = {m: batch["mask"][m] for m in self.modalities}
-        if self.blank_as_absent:
-            mask = absent_if_blank(mask, batch, self.modalities)
+        present = {m: batch["mask"][m] for m in self.modalities}
+        mask = absent_if_blank(present, batch, self.modalities) if self.blank_as_absent else present
         if self.training and self.modality_dropout > 0:
             mask = modality_dropout(mask, self.modality_dropout)
+        features = None
         if self.needs_tokens:
             tokens, valid = self.encode_tokens(batch)
             result = self.fusion.fuse(tokens, mask, valid)
         else:
-            result = self.fusion.fuse(self.encode(batch), mask)
+            features = self.encode(batch)
+            result = self.fusion.fuse(features, mask)
         result.mask = mask  # what the fusion saw: losses and logged gate means must use this, not the batch's
+        if self.training and self.own_inputs == "clean":
+            result.own_logits, result.own_mask = self.own_decisions(batch, present, features)
         if self.single_modality_fallback and result.unimodal_logits:
             result.logits = single_modality_decisions(result.logits, result.unimodal_logits, mask)
         return result
+
+    def own_decisions(self, batch: dict, present: dict[str, torch.Tensor],
+                      features: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each modality's own decision (B, K) on its clean input (``batch["clean"]``, from CorruptionAugment) for
+        every row where the data has it (``present``: modality -> (B,) bool, before modality dropout), and those
+        rows. ``features``: the pass's pooled features, reused for the modalities that were not corrupted."""
+        clean = batch.get("clean", {})
+        clean_batch = {**batch, **clean}
+        own_mask = absent_if_blank(present, clean_batch, self.modalities) if self.blank_as_absent else present
+        if features is None:  # token fusions: encode the clean batch again
+            tokens, valid = self.encode_tokens(clean_batch)
+            return self.fusion.fuse(tokens, own_mask, valid).unimodal_logits, own_mask
+        own_features = {m: self.encoders[m](clean[m]) if m in clean else features[m] for m in self.modalities}
+        return self.fusion.fuse(own_features, own_mask).unimodal_logits, own_mask
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Batch dict -> logits (B, K)."""

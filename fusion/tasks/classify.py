@@ -27,16 +27,17 @@ log = logging.getLogger(__name__)
 
 
 def build_fusion_model(data_spec: dict, encoders: dict, fusion: dict, modality_dropout: float = 0.0,
-                       single_modality_fallback: bool = False, blank_as_absent: bool = False) -> FusionModel:
+                       single_modality_fallback: bool = False, blank_as_absent: bool = False,
+                       own_inputs: str = "seen") -> FusionModel:
     """Instantiates the encoders of the data's modalities (a config, or a tower name such as "tv:resnet18") and a
-    fusion over their output sizes (`single_modality_fallback`, `blank_as_absent`: see FusionModel)."""
+    fusion over their output sizes (`single_modality_fallback`, `blank_as_absent`, `own_inputs`: see FusionModel)."""
     missing = [m for m in data_spec["modalities"] if m not in encoders]
     if missing:
         raise ConfigError(f"model.encoders has no config for modality {missing} present in the data")
     built = {m: instantiate(encoder_config(m, encoders[m])) for m in data_spec["modalities"]}
     fusion_module = instantiate(fusion, modality_dims={m: e.out_dim for m, e in built.items()},
                                 num_classes=data_spec["num_classes"])
-    return FusionModel(built, fusion_module, modality_dropout, single_modality_fallback, blank_as_absent)
+    return FusionModel(built, fusion_module, modality_dropout, single_modality_fallback, blank_as_absent, own_inputs)
 
 
 def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[str, torch.Tensor],
@@ -45,7 +46,8 @@ def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[s
     """Training objective without host synchronisation: (total, fused cross-entropy), both scalars.
 
     total = CE(fused logits) + the fusion's aux loss + ``unimodal_weight`` x the mean, over the modalities present
-    in at least one sample, of each head's CE over the samples where its modality is present (``mask``: modality ->
+    in at least one sample, of each head's CE (``result.own_logits`` where set, else ``unimodal_logits``) over the
+    samples where its modality is present (``mask``: modality ->
     (B,) bool) + ``gate_weight`` x the last gate's supervision loss (fusion/tasks/gate_supervision.py; over the
     modalities the fusion saw, ``result.mask``, corrupted rows included). Masked sums instead of boolean indexing,
     so no step reads a tensor value on the host.
@@ -54,9 +56,10 @@ def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[s
     total = loss + result.aux_loss
     if gate_weight:
         total = total + gate_weight * gate_supervision_loss(result, labels, result.mask or mask)
-    if unimodal_weight and result.unimodal_logits:
+    own = result.own_logits or result.unimodal_logits
+    if unimodal_weight and own:
         terms, present_any = [], []
-        for m, logits in result.unimodal_logits.items():
+        for m, logits in own.items():
             present = mask[m].to(logits.dtype)  # (B,)
             count = present.sum()
             per_sample = F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="none")  # (B,)
@@ -87,6 +90,8 @@ class ClassificationTask(L.LightningModule):
         blank_as_absent: a row whose dense input is one constant value counts as that modality missing.
         corruption: training corruption of one modality per sample (fields of fusion.data.corruption.CorruptionAugment).
         unimodal_loss_weight: weight of the mean cross-entropy of per-modality decisions (if the fusion has them).
+        unimodal_loss_inputs: "seen" (the rows the fusion saw, clean ones only) or "clean" (every row with the
+            modality, on its input before training corruption and modality dropout; FusionModel.own_inputs).
         gate_supervision_weight: weight of the last gate's supervision by which decision is right
             (fusion/tasks/gate_supervision.py); 0 turns it off.
         lr: peak learning rate of the schedule.
@@ -106,7 +111,8 @@ class ClassificationTask(L.LightningModule):
                  warmup_epochs: float = 0.5, label_smoothing: float = 0.1,
                  optimizer: str = "adamw", momentum: float = 0.9, corruption: dict | None = None,
                  train_step: str = "lightning", single_modality_fallback: bool = False,
-                 gate_supervision_weight: float = 0.0, blank_as_absent: bool = False):
+                 gate_supervision_weight: float = 0.0, blank_as_absent: bool = False,
+                 unimodal_loss_inputs: str = "seen"):
         super().__init__()
         self.save_hyperparameters()
         if train_step not in ("lightning", *STEP_MODES):
@@ -116,7 +122,7 @@ class ClassificationTask(L.LightningModule):
         self.automatic_optimization = train_step == "lightning"
         self._stepper: TrainStep | None = None
         self.model = build_fusion_model(data_spec, encoders, fusion, modality_dropout, single_modality_fallback,
-                                        blank_as_absent)
+                                        blank_as_absent, unimodal_loss_inputs)
         self.corruption = CorruptionAugment(**(corruption or {}))
         k = data_spec["num_classes"]
         metrics = torchmetrics.MetricCollection({
@@ -207,7 +213,8 @@ class ClassificationTask(L.LightningModule):
         return None
 
     def _step_loss(self, result: FusionResult, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return classification_loss(result, batch["label"], clean_rows(result.mask, batch), self.hparams.label_smoothing,
+        own_rows = result.own_mask if result.own_logits else clean_rows(result.mask, batch)
+        return classification_loss(result, batch["label"], own_rows, self.hparams.label_smoothing,
                                    self.hparams.unimodal_loss_weight, self.hparams.gate_supervision_weight)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
