@@ -31,7 +31,7 @@ def build(recipe: str, tiny_digits, inputs: str):
     return task, next(iter(data.train_dataloader()))
 
 
-@pytest.mark.parametrize("recipe", ["late", "progressive"])
+@pytest.mark.parametrize("recipe", ["late", "progressive", "xattn"])
 def test_own_decisions_read_the_clean_input_of_every_present_row(recipe, tiny_digits):
     task, batch = build(recipe, tiny_digits, "clean")
     model = task.model
@@ -40,7 +40,11 @@ def test_own_decisions_read_the_clean_input_of_every_present_row(recipe, tiny_di
     result = model.forward_with_details(corrupted)
 
     present = absent_if_blank({m: batch["mask"][m] for m in model.modalities}, batch, model.modalities)
-    reference = model.fusion.fuse(model.encode(batch), present).unimodal_logits  # the clean batch, nothing dropped
+    if model.needs_tokens:  # the clean batch, nothing dropped
+        tokens, valid = model.encode_tokens(batch)
+        reference = model.fusion.fuse(tokens, present, valid).unimodal_logits
+    else:
+        reference = model.fusion.fuse(model.encode(batch), present).unimodal_logits
     hit = {m: corrupted["corrupted"][m] & present[m] for m in corrupted["corrupted"]}
     dropped = {m: present[m] & ~result.mask[m] for m in model.modalities}
     assert sum(int(v.sum()) for v in hit.values()) > 0 and sum(int(v.sum()) for v in dropped.values()) > 0
