@@ -17,7 +17,8 @@ from tests.helpers.recipes import compose_recipe
 
 @pytest.mark.parametrize("recipe", ["late", "progressive"])
 def test_unimodal_losses_use_the_mask_after_dropout(recipe, tiny_digits, monkeypatch):
-    cfg = compose_recipe(recipe, [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6", "model.corruption.p=0"])
+    cfg = compose_recipe(recipe, [f"data.manifest={tiny_digits}", "model.modality_dropout=0.6", "model.corruption.p=0",
+                                  "model.unimodal_loss_inputs=seen"])
     data = instantiate(cfg.data)
     data.prepare()
     task = instantiate(cfg.model, data_spec=data.spec, _recursive_=False, _convert_="all").train()
