@@ -3,8 +3,8 @@
     python benchmarks/robustness/own_inputs_cost.py [--recipe progressive] [--steps 30] [--manifest M] [--threads 2]
 
 `clean` runs the encoders of the corrupted modalities a second time on the clean batch. Both models train on the
-same batches in alternation (forward, backward, AdamW step, training corruption included); prints the median
-step time of each and their ratio, on the CPU.
+same batches in alternation, the first of each pair alternating (forward, backward, AdamW step, training
+corruption included); prints the median step time of each and their ratio, on the CPU.
 """
 
 from __future__ import annotations
@@ -51,12 +51,17 @@ def main() -> None:
     torch.manual_seed(0)
     models = {inputs: build(args.recipe, args.manifest, inputs) for inputs in ("seen", "clean")}
     optimizers = {k: torch.optim.AdamW(task.parameters(), lr=1e-3) for k, (task, _) in models.items()}
-    loader = iter(models["seen"][1].train_dataloader())
+    data = models["seen"][1]
+    loader = iter(data.train_dataloader())
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(args.steps + 3):
-        batch = next(loader)
-        for k, (task, _) in models.items():
-            seconds = step(task, optimizers[k], batch)
+        batch = next(loader, None)
+        if batch is None or batch["label"].shape[0] != data.batch_size:  # a new epoch; full batches only
+            loader = iter(data.train_dataloader())
+            batch = next(loader)
+        order = list(models) if i % 2 == 0 else list(models)[::-1]  # which one goes first alternates
+        for k in order:
+            seconds = step(models[k][0], optimizers[k], batch)
             if i >= 3:  # warm-up steps
                 times[k].append(seconds)
     medians = {k: statistics.median(v) * 1000 for k, v in times.items()}
