@@ -47,10 +47,9 @@ def classification_loss(result: FusionResult, labels: torch.Tensor, mask: dict[s
 
     total = CE(fused logits) + the fusion's aux loss + ``unimodal_weight`` x the mean, over the modalities present
     in at least one sample, of each head's CE (``result.own_logits`` where set, else ``unimodal_logits``) over the
-    samples where its modality is present (``mask``: modality ->
-    (B,) bool) + ``gate_weight`` x the last gate's supervision loss (fusion/tasks/gate_supervision.py; over the
-    modalities the fusion saw, ``result.mask``, corrupted rows included). Masked sums instead of boolean indexing,
-    so no step reads a tensor value on the host.
+    samples where its modality is present (``mask``: modality -> (B,) bool) + ``gate_weight`` x the last gate's
+    supervision loss (fusion/tasks/gate_supervision.py; over the modalities the fusion saw, ``result.mask``,
+    corrupted rows included). Masked sums instead of boolean indexing, so no step reads a tensor value on the host.
     """
     loss = F.cross_entropy(result.logits, labels, label_smoothing=label_smoothing)
     total = loss + result.aux_loss
