@@ -175,7 +175,7 @@ class CorruptionAugment:
         """Returns a corrupted copy of ``batch`` (B rows; masks and labels unchanged) with ``"corrupted"``:
         modality -> (B,) bool, the rows whose modality was corrupted (`classification_loss` keeps them out of
         that modality's own loss), ``"clean_rows"``: the (R,) chosen rows, R = round(p B) (at least 2), and
-        ``"clean"``: modality -> its input on those rows before corruption (every modality of the batch)."""
+        ``"clean"``: modality -> its input on those rows before corruption."""
         modalities = [m for m in sorted(batch["mask"]) if self.kinds.get(m)]
         if self.p <= 0 or not modalities:
             return batch
@@ -188,7 +188,7 @@ class CorruptionAugment:
         chosen = torch.zeros(size, dtype=torch.bool, device=device).index_fill(0, rows_chosen, True)  # (B,)
         target = (_rand(present.shape, None, device) * present).argmax(dim=1)  # (B,) a random present modality
         levels = _rand((size,), None, device) * self.max_level  # (B,)
-        clean = {m: take_rows(batch[m], rows_chosen) for m in sorted(batch["mask"]) if m in batch}
+        clean = {m: take_rows(batch[m], rows_chosen) for m in modalities}
         corrupted = {}
         for i, m in enumerate(modalities):
             rows = chosen & present[:, i] & (target == i)  # (B,)

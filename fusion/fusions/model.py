@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusion.data.corruption import take_rows
 from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult
 from fusion.fusions.blank_inputs import absent_if_blank
@@ -91,12 +92,11 @@ class FusionModel(nn.Module):
         """Each modality's own decision (B, K) on its clean input for every row where the data has it, and those
         rows (modality -> (B,) bool). ``seen``: presence before modality dropout; ``encoded``: the pass's
         ``(features,)`` or ``(tokens, valid)``. The rows that training corruption chose (``batch["clean_rows"]``,
-        their inputs before corruption in ``batch["clean"]``) are encoded again for the modalities it can corrupt
-        (``batch["corrupted"]``); dropped rows keep their features (their encoders saw them; only the fusion did
-        not)."""
+        their inputs before corruption in ``batch["clean"]``) are encoded again; dropped rows keep their features
+        (their encoders saw them; only the fusion did not)."""
         rows = batch.get("clean_rows")
         if rows is not None:
-            sub = batch["clean"]
+            sub = {**{m: take_rows(batch[m], rows) for m in self.modalities}, **batch["clean"]}
             sub_seen = {m: batch["mask"][m].index_select(0, rows) for m in self.modalities}
             if self.blank_as_absent:
                 sub_seen = absent_if_blank(sub_seen, sub, self.modalities)
@@ -106,8 +106,8 @@ class FusionModel(nn.Module):
                 encoded = ({m: encoded[0][m].index_copy(0, rows, sub_tokens[m]) for m in self.modalities},
                            {m: encoded[1][m].index_copy(0, rows, sub_valid[m]) for m in self.modalities})
             else:
-                encoded = ({m: encoded[0][m].index_copy(0, rows, self.encoders[m](sub[m]))
-                            if m in batch["corrupted"] else encoded[0][m] for m in self.modalities},)
+                encoded = ({m: encoded[0][m].index_copy(0, rows, self.encoders[m](batch["clean"][m]))
+                            if m in batch["clean"] else encoded[0][m] for m in self.modalities},)
         return self.fusion.fuse(encoded[0], seen, *encoded[1:]).unimodal_logits, seen
 
     def forward(self, batch: dict) -> torch.Tensor:
