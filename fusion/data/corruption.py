@@ -143,9 +143,9 @@ def corrupt(batch: dict, modality: str, kind: str, level: float | torch.Tensor,
 class CorruptionAugment:
     """Training augmentation: a share of the samples get one present modality corrupted.
 
-    round(p B) samples of each batch (at least 2), drawn at random, each get one of their present modalities
-    (uniformly) corrupted by one of that modality's kinds at a level drawn uniformly from [0, ``max_level``]; the
-    others stay clean, so the gate learns to move its weight away from the corrupted one.
+    Each chosen sample gets one of its present modalities (uniformly) corrupted by one of that modality's
+    kinds at a level drawn uniformly from [0, ``max_level``]; the others stay clean, so the gate learns to
+    move its weight away from the corrupted one.
 
     Attributes:
         p: share of training samples that get a corrupted modality (0 turns the augmentation off).
@@ -174,21 +174,16 @@ class CorruptionAugment:
     def __call__(self, batch: dict) -> dict:
         """Returns a corrupted copy of ``batch`` (B rows; masks and labels unchanged) with ``"corrupted"``:
         modality -> (B,) bool, the rows whose modality was corrupted (`classification_loss` keeps them out of
-        that modality's own loss), ``"clean_rows"``: the (R,) chosen rows, R = round(p B) (at least 2), and
-        ``"clean"``: modality -> its input on those rows before corruption."""
+        that modality's own loss), and ``"clean"``: modality -> its input before corruption."""
         modalities = [m for m in sorted(batch["mask"]) if self.kinds.get(m)]
         if self.p <= 0 or not modalities:
             return batch
         present = torch.stack([batch["mask"][m].bool() for m in modalities], dim=1)  # (B, M)
         device = present.device
-        size = present.shape[0]
-        # a fixed count per batch size (static shapes for a captured step); at least 2 rows for batch statistics
-        count = min(size, max(2, round(self.p * size)))
-        rows_chosen = _rand((size,), None, device).argsort()[:count]  # (count,)
-        chosen = torch.zeros(size, dtype=torch.bool, device=device).index_fill(0, rows_chosen, True)  # (B,)
+        chosen = _rand((present.shape[0],), None, device) < self.p  # (B,)
         target = (_rand(present.shape, None, device) * present).argmax(dim=1)  # (B,) a random present modality
-        levels = _rand((size,), None, device) * self.max_level  # (B,)
-        clean = {m: take_rows(batch[m], rows_chosen) for m in modalities}
+        levels = _rand((present.shape[0],), None, device) * self.max_level  # (B,)
+        clean = {m: batch[m] for m in modalities}
         corrupted = {}
         for i, m in enumerate(modalities):
             rows = chosen & present[:, i] & (target == i)  # (B,)
@@ -197,11 +192,4 @@ class CorruptionAugment:
             for k, kind in enumerate(kinds):
                 batch = corrupt(batch, m, kind, levels * (rows & (pick == k)))
             corrupted[m] = rows
-        return {**batch, "corrupted": corrupted, "clean": clean, "clean_rows": rows_chosen}
-
-
-def take_rows(value: Value, rows: torch.Tensor) -> Value:
-    """The given rows (R,) of a batch value: a tensor (B, ...) -> (R, ...), or each tensor of a dict (text)."""
-    if isinstance(value, dict):
-        return {key: take_rows(item, rows) for key, item in value.items()}
-    return value.index_select(0, rows)
+        return {**batch, "corrupted": corrupted, "clean": clean}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.data.corruption import take_rows
 from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult
 from fusion.fusions.blank_inputs import absent_if_blank
@@ -27,8 +26,7 @@ class FusionModel(nn.Module):
         own_inputs: what each modality's own decision learns from in training. "seen": the rows the fusion
             was shown, as they were shown (corrupted rows are then left out of the own loss by the task);
             "clean": every row where the data has the modality, on its input before training corruption and
-            before modality dropout (`FusionResult.own_logits`; the rows that training corruption chose are
-            encoded a second time, clean).
+            before modality dropout (`FusionResult.own_logits`; the encoders of corrupted modalities run twice).
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
@@ -70,45 +68,36 @@ class FusionModel(nn.Module):
 
     def forward_with_details(self, batch: dict) -> FusionResult:
         present = {m: batch["mask"][m] for m in self.modalities}
-        seen = absent_if_blank(present, batch, self.modalities) if self.blank_as_absent else present
-        mask = seen
+        mask = absent_if_blank(present, batch, self.modalities) if self.blank_as_absent else present
         if self.training and self.modality_dropout > 0:
             mask = modality_dropout(mask, self.modality_dropout)
+        features = None
         if self.needs_tokens:
-            encoded = self.encode_tokens(batch)  # (tokens, valid)
-            result = self.fusion.fuse(encoded[0], mask, encoded[1])
+            tokens, valid = self.encode_tokens(batch)
+            result = self.fusion.fuse(tokens, mask, valid)
         else:
-            encoded = (self.encode(batch),)
-            result = self.fusion.fuse(encoded[0], mask)
-        if self.training and self.own_inputs == "clean":
-            result.own_logits, result.own_mask = self.own_decisions(batch, seen, encoded)
+            features = self.encode(batch)
+            result = self.fusion.fuse(features, mask)
         result.mask = mask  # what the fusion saw: losses and logged gate means must use this, not the batch's
+        if self.training and self.own_inputs == "clean":
+            result.own_logits, result.own_mask = self.own_decisions(batch, present, features)
         if self.single_modality_fallback and result.unimodal_logits:
             result.logits = single_modality_decisions(result.logits, result.unimodal_logits, mask)
         return result
 
-    def own_decisions(self, batch: dict, seen: dict[str, torch.Tensor],
-                      encoded: tuple) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Each modality's own decision (B, K) on its clean input for every row where the data has it, and those
-        rows (modality -> (B,) bool). ``seen``: presence before modality dropout; ``encoded``: the pass's
-        ``(features,)`` or ``(tokens, valid)``. The rows that training corruption chose (``batch["clean_rows"]``,
-        their inputs before corruption in ``batch["clean"]``) are encoded again; dropped rows keep their features
-        (their encoders saw them; only the fusion did not)."""
-        rows = batch.get("clean_rows")
-        if rows is not None:
-            sub = {**{m: take_rows(batch[m], rows) for m in self.modalities}, **batch["clean"]}
-            sub_seen = {m: batch["mask"][m].index_select(0, rows) for m in self.modalities}
-            if self.blank_as_absent:
-                sub_seen = absent_if_blank(sub_seen, sub, self.modalities)
-            seen = {m: seen[m].bool().index_copy(0, rows, sub_seen[m].bool()) for m in self.modalities}
-            if self.needs_tokens:
-                sub_tokens, sub_valid = self.encode_tokens(sub)
-                encoded = ({m: encoded[0][m].index_copy(0, rows, sub_tokens[m]) for m in self.modalities},
-                           {m: encoded[1][m].index_copy(0, rows, sub_valid[m]) for m in self.modalities})
-            else:
-                encoded = ({m: encoded[0][m].index_copy(0, rows, self.encoders[m](batch["clean"][m]))
-                            if m in batch["clean"] else encoded[0][m] for m in self.modalities},)
-        return self.fusion.fuse(encoded[0], seen, *encoded[1:]).unimodal_logits, seen
+    def own_decisions(self, batch: dict, present: dict[str, torch.Tensor],
+                      features: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each modality's own decision (B, K) on its clean input (``batch["clean"]``, from CorruptionAugment) for
+        every row where the data has it (``present``: modality -> (B,) bool, before modality dropout), and those
+        rows. ``features``: the pass's pooled features, reused for the modalities that were not corrupted."""
+        clean = batch.get("clean", {})
+        clean_batch = {**batch, **clean}
+        own_mask = absent_if_blank(present, clean_batch, self.modalities) if self.blank_as_absent else present
+        if features is None:  # token fusions: encode the clean batch again
+            tokens, valid = self.encode_tokens(clean_batch)
+            return self.fusion.fuse(tokens, own_mask, valid).unimodal_logits, own_mask
+        own_features = {m: self.encoders[m](clean[m]) if m in clean else features[m] for m in self.modalities}
+        return self.fusion.fuse(own_features, own_mask).unimodal_logits, own_mask
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Batch dict -> logits (B, K)."""

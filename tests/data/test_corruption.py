@@ -93,21 +93,6 @@ def test_augmentation_corrupts_one_present_modality_of_a_share_p_of_rows():
     assert not out["corrupted"]["text"].any()
 
 
-def test_augmentation_keeps_the_clean_inputs_of_its_chosen_rows():
-    torch.manual_seed(1)
-    batch = _batch(64)
-    out = CorruptionAugment(p=0.25)(batch)
-    rows = out["clean_rows"]
-    assert rows.numel() == 16 and rows.unique().numel() == 16  # round(p B) distinct rows
-    chosen = torch.zeros(64, dtype=torch.bool).index_fill(0, rows, True)
-    hit = out["corrupted"]["image"] | out["corrupted"]["audio"] | out["corrupted"]["text"]
-    assert hit.any() and not (hit & ~chosen).any()  # only chosen rows are corrupted
-    torch.testing.assert_close(out["clean"]["audio"], batch["audio"][rows])
-    torch.testing.assert_close(out["clean"]["image"], batch["image"][rows])
-    assert torch.equal(out["clean"]["text"]["input_ids"], batch["text"]["input_ids"][rows])
-    assert CorruptionAugment(p=0.01)(_batch(16))["clean_rows"].numel() == 2  # batch statistics need two rows
-
-
 def test_bad_settings_name_the_key():
     with pytest.raises(ConfigError, match="model.corruption.p"):
         CorruptionAugment(p=1.5)
