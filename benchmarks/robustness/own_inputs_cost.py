@@ -2,7 +2,7 @@
 
     python benchmarks/robustness/own_inputs_cost.py [--recipe progressive] [--steps 30] [--manifest M] [--threads 2]
 
-`clean` runs the encoders of the corrupted modalities a second time on the clean batch. Both models train on the
+`clean` runs the encoders of the corruptible modalities a second time on the batch before corruption. Both models train on the
 same batches in alternation, the first of each pair alternating (forward, backward, AdamW step, training
 corruption included); prints the median step time of each and their ratio, on the CPU.
 """

@@ -26,7 +26,7 @@ class FusionModel(nn.Module):
         own_inputs: what each modality's own decision learns from in training. "seen": the rows the fusion
             was shown, as they were shown (corrupted rows are then left out of the own loss by the task);
             "clean": every row where the data has the modality, on its input before training corruption and
-            before modality dropout (`FusionResult.own_logits`; the encoders of corrupted modalities run twice).
+            before modality dropout (`FusionResult.own_logits`; the encoders of corruptible modalities run twice).
     """
 
     def __init__(self, encoders: dict[str, nn.Module], fusion: Fusion, modality_dropout: float = 0.0,
