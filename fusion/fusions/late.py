@@ -28,15 +28,18 @@ class LateFusion(Fusion):
         hidden_dim: hidden width of each head.
         dropout: dropout in the heads.
         gate: keyword arguments of ModalityGate.
+        head_norm: a LayerNorm after each head's first layer (recipes: on; off builds the heads of earlier runs).
     """
 
     def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, dropout: float = 0.1,
-                 gate: dict | None = None):
+                 gate: dict | None = None, head_norm: bool = False):
         super().__init__()
         self.modalities = sorted(modality_dims)
-        self.heads = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                                                     nn.Linear(hidden_dim, num_classes))
-                                    for m, d in modality_dims.items()})
+        def head(d: int) -> nn.Sequential:
+            norm = [nn.LayerNorm(hidden_dim)] if head_norm else []
+            return nn.Sequential(nn.Linear(d, hidden_dim), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+
+        self.heads = nn.ModuleDict({m: head(d) for m, d in modality_dims.items()})
         self.gate = ModalityGate({m: d + num_classes + 1 for m, d in modality_dims.items()}, **(gate or {}))
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
