@@ -29,20 +29,17 @@ class LateFusion(Fusion):
         dropout: dropout in the heads.
         gate: keyword arguments of ModalityGate.
         head_norm: a LayerNorm after each head's first layer (recipes: on; off builds the heads of earlier runs).
-        own_heads: each modality's own decision (its loss, the single-modality fallback) comes from a second head
-            with a LayerNorm; the plain heads feed the fused sum and learn from the fused loss only.
     """
 
     def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, dropout: float = 0.1,
-                 gate: dict | None = None, head_norm: bool = False, own_heads: bool = False):
+                 gate: dict | None = None, head_norm: bool = False):
         super().__init__()
         self.modalities = sorted(modality_dims)
-        def head(d: int, head_norm: bool = head_norm) -> nn.Sequential:
+        def head(d: int) -> nn.Sequential:
             norm = [nn.LayerNorm(hidden_dim)] if head_norm else []
             return nn.Sequential(nn.Linear(d, hidden_dim), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
 
         self.heads = nn.ModuleDict({m: head(d) for m, d in modality_dims.items()})
-        self.own_heads = nn.ModuleDict({m: head(d, True) for m, d in modality_dims.items()}) if own_heads else None
         self.gate = ModalityGate({m: d + num_classes + 1 for m, d in modality_dims.items()}, **(gate or {}))
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
@@ -53,8 +50,4 @@ class LateFusion(Fusion):
         weights, reg = self.gate(gate_in, mask)  # (B, M)
         logp = torch.stack([torch.log_softmax(decisions[m], dim=1) for m in self.modalities], dim=1)  # (B, M, K)
         logits = (weights.unsqueeze(-1) * logp).sum(dim=1)  # (B, K)
-        named = named_weights("decision", self.modalities, weights)
-        if self.own_heads is not None:  # the gate weighs `decisions`; each modality alone answers with its own head
-            own = {m: self.own_heads[m](features[m]) for m in self.modalities}  # m -> (B, K)
-            return FusionResult(logits, named, reg, own, decisions)
-        return FusionResult(logits, named, reg, decisions)
+        return FusionResult(logits, named_weights("decision", self.modalities, weights), reg, decisions)
