@@ -35,7 +35,7 @@ class LateFusion(Fusion):
                  gate: dict | None = None, head_norm: bool = False):
         super().__init__()
         self.modalities = sorted(modality_dims)
-        def head(d: int) -> nn.Sequential:
+        def head(d: int) -> nn.Sequential:  # (B, d) -> (B, num_classes)
             norm = [nn.LayerNorm(hidden_dim)] if head_norm else []
             return nn.Sequential(nn.Linear(d, hidden_dim), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
 

@@ -15,8 +15,8 @@ def zero_first_bias(fusion: LateFusion) -> None:
 
 
 def test_normalised_heads_ignore_the_scale_of_a_sample():
-    """With head_norm, a sample's decision does not change when its features are scaled (a louder clip, a
-    brighter image); the plain head's decision does."""
+    """With head_norm, a sample's decision does not change when its features are scaled (as a louder clip might
+    scale them); the plain head's decision does, and the other modalities' decisions never do."""
     torch.manual_seed(0)
     features, mask = make_inputs(0)
     louder = {**features, "audio": features["audio"] * torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0, 10.0])[:, None]}
