@@ -1,15 +1,17 @@
-"""What a progressive run's decision gate makes of its decisions, against fixed combinations of the same decisions.
+"""What a late or progressive run's decision gate makes of its decisions, against fixed combinations of the same decisions.
 
     python benchmarks/robustness/decisions.py RUN [RUN ...] [--temperatures 2 4] [--out results/decisions.json]
 
 On the run's test split: the accuracy of the model's answer (every row) and of each decision the decision gate
-weighs (one per modality, read before any feedback, over the rows where that modality is present; and the fused
-one), with its mean top probability (against its accuracy: over- or under-confident). On the rows with every
+weighs (one per modality, read before any feedback, over the rows where that modality is present; and
+progressive fusion's fused one), with its mean top probability (against its accuracy: over- or under-confident). On the rows with every
 modality present (`complete_rows`): the model's answer again, fixed sums of the decisions' log-probabilities (a
 product of experts, the Bayes rule for independent, calibrated decisions), the most confident decision, the share
-of rows that at least one decision gets right (a bound for any per-row choice among them), and the gate's own
-weights applied with the fused decision softened by each temperature T (log_softmax(fused / T); T = 1 is the
-model's answer). Also the gate's mean weights.
+of rows that at least one decision gets right (a bound for any per-row choice among them), the gate's own weights
+applied as a mixture (log of the weighted sum of probabilities, `gate_mixture`) and, for progressive fusion, with
+the fused decision softened by each temperature T (log_softmax(fused / T); T = 1 is the model's answer). Also the
+gate's mean weights, and per decision the rows it gets right while the model's answer is wrong (`overruled`), with
+the gate's mean weight of each decision on those rows.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     with torch.no_grad():
         for batch in batches:
             result = run.model.forward_with_details(batch)
-            if not result.decision_logits:
-                raise SystemExit(f"{path}: {run.kind} fusion has no decision gate (progressive fusion has one)")
-            for name, value in result.decision_logits.items():
+            decided = result.decision_logits or result.unimodal_logits  # late fusion: its heads are the decisions
+            if not any(name.startswith("decision/") for name in result.gate_weights):
+                raise SystemExit(f"{path}: {run.kind} fusion has no decision gate (late and progressive fusion have one)")
+            for name, value in decided.items():
                 parts.setdefault(name, []).append(torch.log_softmax(value.float(), dim=1))
                 seen = result.mask.get(name, torch.ones_like(batch["label"], dtype=torch.bool))  # the fused one: every row
                 present.setdefault(name, []).append(seen.bool())
@@ -79,8 +82,16 @@ def report(path: Path, temperatures: tuple[float, ...] = (2.0, 4.0)) -> dict:
     out["most_confident"] = accuracy(stacked[torch.arange(len(labels)), confident], complete)
     right = (stacked.argmax(dim=2) == labels[:, None]).any(dim=1)[complete]  # (complete rows,)
     out["any_right"] = round(100 * right.float().mean().item(), 2)
+    weighted = torch.stack([gate[d].clamp_min(1e-30).log()[:, None] + decisions[d] for d in gate], dim=1)  # (N, D, K)
+    out["gate_mixture"] = accuracy(torch.logsumexp(weighted, dim=1), complete)
+    wrong = (logits.argmax(1) != labels) & complete
+    out["overruled"] = {}
+    for name, logp in decisions.items():
+        rows = wrong & (logp.argmax(1) == labels)
+        out["overruled"][name] = {"rows": int(rows.sum()), "gate": {d.replace(FUSED, "fused"): round(w[rows].mean().item(), 3)
+                                                                  for d, w in gate.items()} if rows.any() else {}}
     out["gate_fused_tempered"] = {}
-    for t in (1.0, *temperatures):
+    for t in (1.0, *temperatures) if FUSED in decisions else ():
         softened = {**decisions, FUSED: torch.log_softmax(decisions[FUSED] / t, dim=1)}
         out["gate_fused_tempered"][str(t)] = accuracy(sum(gate[d][:, None] * softened[d] for d in gate), complete)
     return out
@@ -98,7 +109,8 @@ def main() -> None:
         fixed = ", ".join(f"{k} {v}" for k, v in r["fixed"].items())
         print(f"{r['run']}: model {r['model']} | {decisions} | on the {r['complete_rows']} rows with every modality: "
               f"model {r['model_complete']}, {fixed}, most confident {r['most_confident']}, any right "
-              f"{r['any_right']}, gate with fused / T {r['gate_fused_tempered']} | gate {r['gate']}")
+              f"{r['any_right']}, gate as a mixture {r['gate_mixture']}, gate with fused / T {r['gate_fused_tempered']} | "
+              f"gate {r['gate']} | right where the model is wrong {r['overruled']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

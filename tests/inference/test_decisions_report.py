@@ -54,3 +54,30 @@ def test_report_of_a_progressive_run(tiny_runs):
     assert abs(sum(weights.values()) - 1) < 1e-3  # the decision gate's weights sum to one per row
     # the gate's mix at T = 1 is the model's answer where every modality is present
     assert report["gate_fused_tempered"]["1.0"] == report["model_complete"]
+
+
+def test_report_of_a_late_run(tiny_runs):
+    """Late fusion's heads are its decisions: the gate's mix is the model's answer, and its mixture and the rows a
+    decision gets right while the model is wrong are computed from them."""
+    report = load_script().report(tiny_runs["late"])
+    run = load_run(tiny_runs["late"])
+    batches, _ = load_test_batches(run, {})
+    with torch.no_grad():
+        results = [run.model.forward_with_details(b) for b in batches]
+    labels = torch.cat([b["label"] for b in batches])
+    logits = torch.cat([r.logits for r in results])
+    decisions = {m: torch.cat([r.unimodal_logits[m] for r in results]).log_softmax(1) for m in run.model.modalities}
+    gate = {m: torch.cat([r.gate_weights[f"decision/{m}"] for r in results]) for m in run.model.modalities}
+    complete = torch.stack([torch.cat([r.mask[m] for r in results]) for m in run.model.modalities], dim=1).all(dim=1)
+
+    def percent(right: torch.Tensor) -> float:
+        return round(100 * right.float().mean().item(), 2)
+
+    assert set(report["decisions"]) == set(run.model.modalities) and report["gate_fused_tempered"] == {}
+    mixture = torch.logsumexp(torch.stack([gate[m].clamp_min(1e-30).log()[:, None] + decisions[m] for m in gate]), dim=0)
+    assert report["gate_mixture"] == percent((mixture.argmax(1) == labels)[complete])
+    product = sum(gate[m][:, None] * decisions[m] for m in gate)  # late fusion's answer on complete rows
+    assert percent((product.argmax(1) == labels)[complete]) == report["model_complete"]
+    wrong = (logits.argmax(1) != labels) & complete
+    for m in run.model.modalities:
+        assert report["overruled"][m]["rows"] == int((wrong & (decisions[m].argmax(1) == labels)).sum())
