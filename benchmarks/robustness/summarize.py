@@ -46,11 +46,15 @@ def summarize(root: Path) -> dict:
                      # with model.single_modality_fallback a sample with one modality gets that modality's
                      # decision, so these are the accuracies with the other modality removed
                      "decision_acc": {k.rsplit("/", 1)[1]: mean([m.get(k) for m in trained])
-                                      for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")}}
+                                      for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")},
+                     "decision_per_seed": {k.rsplit("/", 1)[1]: [m.get(k) for m in trained]
+                                           for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")}}
             evaluated = [s["robustness"] for s in seeds if "robustness" in s]
             if evaluated:
                 entry["subsets"] = {name: mean([r["subsets"][name]["acc"] for r in evaluated])
                                     for name in evaluated[0]["subsets"]}
+                entry["subsets_per_seed"] = {name: [r["subsets"][name]["acc"] for r in evaluated]
+                                             for name in evaluated[0]["subsets"]}
                 entry["corruption"] = {}
                 for modality, curves in evaluated[0]["corruption"].items():
                     for kind in curves:
@@ -66,6 +70,52 @@ def summarize(root: Path) -> dict:
     return summary
 
 
+def gap(fused: list[float], unimodal: list[float]) -> tuple[float, float | None]:
+    """Difference of the seed means, fused - unimodal, and its standard error from the two rows' seed spreads
+    (Welch: sqrt(s_f^2 / n_f + s_u^2 / n_u)); the error is None where a row has fewer than two seeds."""
+    difference = statistics.fmean(fused) - statistics.fmean(unimodal)
+    if min(len(fused), len(unimodal)) < 2:
+        return difference, None
+    return difference, (statistics.variance(fused) / len(fused) + statistics.variance(unimodal) / len(unimodal)) ** 0.5
+
+
+def pooled_seed_sd(rows: list[list[float]]) -> tuple[float | None, int]:
+    """Standard deviation of one run's accuracy across seeds, pooled over rows (e.g. the audio-only model of
+    every split), and its degrees of freedom: the noise that every gap to that model carries."""
+    rows = [r for r in rows if len(r) > 1]
+    df = sum(len(r) - 1 for r in rows)
+    if not df:
+        return None, 0
+    return (sum((v - statistics.fmean(r)) ** 2 for r in rows for v in r) / df) ** 0.5, df
+
+
+def _gap_text(fused: list[float | None], unimodal: list[float]) -> str:
+    fused = [v for v in fused if v is not None]
+    if not fused or not unimodal:
+        return ""
+    difference, error = gap(fused, unimodal)
+    return f" ({100 * difference:+.1f}" + ("" if error is None else f" ± {100 * error:.1f}") + ")"
+
+
+def _mean_gap(summary: dict, fusion: str, modality: str) -> str:
+    """Mean over the splits of (fusion with only `modality` left) - (that modality's own model), ± its standard error."""
+    unimodal = f"{modality}_only"
+    gaps = []
+    for rows in summary.values():
+        row, own = rows.get(fusion), rows.get(unimodal)
+        if not row or not own or not own.get("per_seed"):
+            continue
+        fused = [v for v in (row.get("subsets_per_seed") or row["decision_per_seed"]).get(modality, []) if v is not None]
+        if fused:
+            gaps.append(gap(fused, own["per_seed"]))
+    if not gaps:
+        return "n/a"
+    difference = statistics.fmean(g for g, _ in gaps)
+    errors = [e for _, e in gaps]
+    spread = "" if None in errors else f" ± {100 * sum(e * e for e in errors) ** 0.5 / len(errors):.1f}"
+    return f"{100 * difference:+.1f}{spread} ({len(gaps)} splits)"
+
+
 def checks(summary: dict) -> list[str]:
     """The issue's acceptance lines, one table row per split and fusion."""
     lines = ["| split | fusion | clean acc (seeds) | best unimodal | image removed / audio-only "
@@ -79,9 +129,20 @@ def checks(summary: dict) -> list[str]:
             removed = row.get("subsets") or row["decision_acc"]  # modality present alone -> accuracy
             gates = " ".join(f"{k.split('/')[0][0]}:{k.split('/')[1][:3]}={'yes' if v['gate_falls'] else 'NO'}"
                              for k, v in row.get("corruption", {}).items() if v["gate_falls"] is not None) or "n/a"
+            per_seed = row.get("subsets_per_seed") or row["decision_per_seed"]
+            audio_gap = _gap_text(per_seed.get("audio", []), rows["audio_only"]["per_seed"])
+            image_gap = _gap_text(per_seed.get("image", []), rows["image_only"]["per_seed"])
             lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({_seeds(row['per_seed'])}) | {100 * max(image_only, audio_only):.2f} "
-                         f"| {_pct(removed.get('audio'))} / {100 * audio_only:.2f} "
-                         f"| {_pct(removed.get('image'))} / {100 * image_only:.2f} | {gates} |")
+                         f"| {_pct(removed.get('audio'))} / {100 * audio_only:.2f}{audio_gap} "
+                         f"| {_pct(removed.get('image'))} / {100 * image_only:.2f}{image_gap} | {gates} |")
+    lines += ["", "| fusion | image removed - audio-only, mean over splits | audio removed - image-only, mean over splits |",
+              "|---|---|---|"]
+    for fusion in sorted({r for rows in summary.values() for r in rows if r.startswith(FUSIONS) and "degraded" not in r}):
+        lines.append(f"| {fusion} | {_mean_gap(summary, fusion, 'audio')} | {_mean_gap(summary, fusion, 'image')} |")
+    sd, df = pooled_seed_sd([rows.get("audio_only", {}).get("per_seed", []) for rows in summary.values()])
+    if sd is not None:
+        lines += ["", f"(gap ± its standard error from the seed spreads; the audio-only model's accuracy moves by "
+                      f"{100 * sd:.1f} points from seed to seed, pooled over the splits, {df} degrees of freedom)"]
     lines += ["", "| split | progressive on degraded images (seeds) |", "|---|---|"]
     for split, rows in summary.items():
         degraded = rows.get("progressive_degraded", {})
