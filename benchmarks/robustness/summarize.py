@@ -1,5 +1,6 @@
 """Tabulates benchmarks/robustness/speaker_splits.sh: per held-out speaker, two-seed means of every check of the
-gate's promise, into OUT/summary.json and OUT/summary.md.
+gate's promise, into OUT/summary.json and OUT/summary.md. Every gap to a unimodal model comes with its standard
+error from the seed spreads of both rows, and its mean over the splits: how far the seeds can resolve it.
 
     python benchmarks/robustness/summarize.py OUT/runs --out OUT
 """
@@ -89,6 +90,15 @@ def pooled_seed_sd(rows: list[list[float]]) -> tuple[float | None, int]:
     return (sum((v - statistics.fmean(r)) ** 2 for r in rows for v in r) / df) ** 0.5, df
 
 
+def _alone_per_seed(row: dict) -> dict[str, list[float]]:
+    """Modality -> per-seed accuracy with only that modality present: the evaluated subsets where every seed was
+    evaluated, else the logged decisions (the same numbers under the single-modality fallback)."""
+    evaluated = row.get("subsets_per_seed", {})
+    if evaluated and all(len(v) == len(row["per_seed"]) for v in evaluated.values()):
+        return evaluated
+    return row["decision_per_seed"]
+
+
 def _gap_text(fused: list[float | None], unimodal: list[float]) -> str:
     fused = [v for v in fused if v is not None]
     if not fused or not unimodal:
@@ -105,7 +115,7 @@ def _mean_gap(summary: dict, fusion: str, modality: str) -> str:
         row, own = rows.get(fusion), rows.get(unimodal)
         if not row or not own or not own.get("per_seed"):
             continue
-        fused = [v for v in (row.get("subsets_per_seed") or row["decision_per_seed"]).get(modality, []) if v is not None]
+        fused = [v for v in _alone_per_seed(row).get(modality, []) if v is not None]
         if fused:
             gaps.append(gap(fused, own["per_seed"]))
     if not gaps:
@@ -126,13 +136,15 @@ def checks(summary: dict) -> list[str]:
             row = rows.get(fusion)
             if not row or row.get("acc") is None or image_only is None or audio_only is None:
                 continue
-            removed = row.get("subsets") or row["decision_acc"]  # modality present alone -> accuracy
+            per_seed = _alone_per_seed(row)
+            removed = {m: mean(v) for m, v in per_seed.items()}  # modality present alone -> accuracy
             gates = " ".join(f"{k.split('/')[0][0]}:{k.split('/')[1][:3]}={'yes' if v['gate_falls'] else 'NO'}"
                              for k, v in row.get("corruption", {}).items() if v["gate_falls"] is not None) or "n/a"
-            per_seed = row.get("subsets_per_seed") or row["decision_per_seed"]
             audio_gap = _gap_text(per_seed.get("audio", []), rows["audio_only"]["per_seed"])
             image_gap = _gap_text(per_seed.get("image", []), rows["image_only"]["per_seed"])
-            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({_seeds(row['per_seed'])}) | {100 * max(image_only, audio_only):.2f} "
+            best = rows["image_only" if image_only >= audio_only else "audio_only"]
+            clean_gap = _gap_text(row["per_seed"], best["per_seed"])
+            lines.append(f"| {split} | {fusion} | {100 * row['acc']:.2f} ({_seeds(row['per_seed'])}) | {100 * best['acc']:.2f}{clean_gap} "
                          f"| {_pct(removed.get('audio'))} / {100 * audio_only:.2f}{audio_gap} "
                          f"| {_pct(removed.get('image'))} / {100 * image_only:.2f}{image_gap} | {gates} |")
     lines += ["", "| fusion | image removed - audio-only, mean over splits | audio removed - image-only, mean over splits |",

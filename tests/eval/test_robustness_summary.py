@@ -52,6 +52,7 @@ def test_table_reports_each_gap_with_its_error(tmp_path):
     error = 100 * (statistics.variance([0.60, 0.64]) / 2 + statistics.variance([0.70, 0.62]) / 2) ** 0.5
     assert f"62.00 / 66.00 (-4.0 ± {error:.1f})" in jackson
     assert "98.00 / 98.50 (-0.5 ± 0.7)" in jackson
+    assert "| 99.40 (99.5 / 99.3) | 98.50 (+0.9 ± 0.5) |" in jackson  # clean, against the best unimodal model
     mean_row = next(line for line in lines if line.startswith("| early |"))
     assert f"-4.0 ± {error * 2**0.5 / 2:.1f} (2 splits)" in mean_row
     assert any("moves by 5.7 points from seed to seed" in line and "2 degrees of freedom" in line for line in lines)
