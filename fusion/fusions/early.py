@@ -5,18 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.errors import ConfigError
 from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights
 from fusion.fusions.gating import ModalityGate, presence
-from fusion.fusions.heads import decision_head
 
 
 class EarlyFusion(Fusion):
     """Projects each modality to `hidden_dim`, scales it by its gate weight, concatenates, classifies with an MLP.
 
-    A head per modality gives that modality's own decision, so the task can train each modality to be useful on
-    its own: the trunk then still gets informative features when the other modalities are missing, and a sample
-    with one modality present can be answered by that modality alone (the single-modality fallback).
+    A linear head per modality reads its projection (before the gate), so the task can train each projection
+    to be useful on its own: the trunk then still gets informative features when the other modalities are
+    missing.
 
     Args:
         modality_dims: modality -> pooled feature size.
@@ -25,17 +23,11 @@ class EarlyFusion(Fusion):
         num_layers: hidden layers of the trunk.
         dropout: dropout in the trunk.
         gate: keyword arguments of ModalityGate.
-        head_input: what each modality's own head reads. "projection": a linear head on the projection that the
-            trunk also reads (earlier runs); "features": a normalised MLP head (fusion/fusions/heads.py) on the
-            encoder's features, as late fusion's heads.
     """
 
     def __init__(self, modality_dims: dict[str, int], num_classes: int, hidden_dim: int = 128, num_layers: int = 2,
-                 dropout: float = 0.1, gate: dict | None = None, head_input: str = "projection"):
+                 dropout: float = 0.1, gate: dict | None = None):
         super().__init__()
-        if head_input not in ("projection", "features"):
-            raise ConfigError(f"model.fusion.head_input must be 'projection' or 'features', got {head_input!r}")
-        self.head_input = head_input
         self.modalities = sorted(modality_dims)
         self.gate = ModalityGate(modality_dims, **(gate or {}))
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU())
@@ -45,11 +37,7 @@ class EarlyFusion(Fusion):
             layers += [nn.Linear(width, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
             width = hidden_dim
         self.trunk = nn.Sequential(*layers, nn.Linear(width, num_classes))
-        if head_input == "features":
-            self.heads = nn.ModuleDict({m: decision_head(d, hidden_dim, num_classes, dropout, norm=True)
-                                        for m, d in modality_dims.items()})
-        else:
-            self.heads = nn.ModuleDict({m: nn.Linear(hidden_dim, num_classes) for m in self.modalities})
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden_dim, num_classes) for m in self.modalities})
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
         present = presence(mask, self.modalities)  # (B, M)
@@ -60,6 +48,5 @@ class EarlyFusion(Fusion):
         joined = [projected[m] * scale[:, i : i + 1] for i, m in enumerate(self.modalities)]
         joined.append(present.to(joined[0].dtype))
         logits = self.trunk(torch.cat(joined, dim=1))  # (B, K)
-        head_inputs = features if self.head_input == "features" else projected
-        unimodal = {m: self.heads[m](head_inputs[m]) for m in self.modalities}  # m -> (B, K)
+        unimodal = {m: self.heads[m](projected[m]) for m in self.modalities}  # m -> (B, K)
         return FusionResult(logits, named_weights("feature", self.modalities, weights), reg, unimodal)
