@@ -7,7 +7,6 @@ from torch import nn
 
 from fusion.fusions.base import Fusion, FusionResult, drop_absent, named_weights
 from fusion.fusions.gating import ModalityGate, presence
-from fusion.fusions.heads import decision_head
 
 
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
@@ -36,8 +35,11 @@ class LateFusion(Fusion):
                  gate: dict | None = None, head_norm: bool = False):
         super().__init__()
         self.modalities = sorted(modality_dims)
-        self.heads = nn.ModuleDict({m: decision_head(d, hidden_dim, num_classes, dropout, head_norm)
-                                    for m, d in modality_dims.items()})
+        def head(d: int) -> nn.Sequential:  # (B, d) -> (B, num_classes)
+            norm = [nn.LayerNorm(hidden_dim)] if head_norm else []
+            return nn.Sequential(nn.Linear(d, hidden_dim), *norm, nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+
+        self.heads = nn.ModuleDict({m: head(d) for m, d in modality_dims.items()})
         self.gate = ModalityGate({m: d + num_classes + 1 for m, d in modality_dims.items()}, **(gate or {}))
 
     def fuse(self, features: dict[str, torch.Tensor], mask: dict[str, torch.Tensor]) -> FusionResult:
