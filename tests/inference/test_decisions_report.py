@@ -19,22 +19,27 @@ def load_script():
     return module
 
 
-def test_report_of_a_progressive_run(tiny_runs):
-    report = load_script().report(tiny_runs["progressive"])
-    run = load_run(tiny_runs["progressive"])
+def run_outputs(path):
+    """The run, its FusionResult per test batch, and the labels and model logits over the test split."""
+    run = load_run(path)
     batches, _ = load_test_batches(run, {})
     with torch.no_grad():
         results = [run.model.forward_with_details(b) for b in batches]
-    labels = torch.cat([b["label"] for b in batches])
-    logits = torch.cat([r.logits for r in results])
+    return run, results, torch.cat([b["label"] for b in batches]), torch.cat([r.logits for r in results])
+
+
+def percent(right: torch.Tensor) -> float:
+    return round(100 * right.float().mean().item(), 2)
+
+
+def test_report_of_a_progressive_run(tiny_runs):
+    report = load_script().report(tiny_runs["progressive"])
+    run, results, labels, logits = run_outputs(tiny_runs["progressive"])
     image = torch.cat([r.decision_logits["image"] for r in results]).log_softmax(1)
     fused = torch.cat([r.decision_logits["~fused"] for r in results]).log_softmax(1)
     seen = {m: torch.cat([r.mask[m] for r in results]) for m in run.model.modalities}
     complete = torch.stack(list(seen.values()), dim=1).all(dim=1)
     assert 0 < int(complete.sum()) < len(labels)  # the tiny set has rows without some modality
-
-    def percent(right: torch.Tensor) -> float:
-        return round(100 * right.float().mean().item(), 2)
 
     assert report["rows"] == len(labels) and report["complete_rows"] == int(complete.sum())
     assert report["model"] == percent(logits.argmax(1) == labels)
@@ -60,18 +65,10 @@ def test_report_of_a_late_run(tiny_runs):
     """Late fusion's heads are its decisions: the gate's mix is the model's answer, and its mixture and the rows a
     decision gets right while the model is wrong are computed from them."""
     report = load_script().report(tiny_runs["late"])
-    run = load_run(tiny_runs["late"])
-    batches, _ = load_test_batches(run, {})
-    with torch.no_grad():
-        results = [run.model.forward_with_details(b) for b in batches]
-    labels = torch.cat([b["label"] for b in batches])
-    logits = torch.cat([r.logits for r in results])
+    run, results, labels, logits = run_outputs(tiny_runs["late"])
     decisions = {m: torch.cat([r.unimodal_logits[m] for r in results]).log_softmax(1) for m in run.model.modalities}
     gate = {m: torch.cat([r.gate_weights[f"decision/{m}"] for r in results]) for m in run.model.modalities}
     complete = torch.stack([torch.cat([r.mask[m] for r in results]) for m in run.model.modalities], dim=1).all(dim=1)
-
-    def percent(right: torch.Tensor) -> float:
-        return round(100 * right.float().mean().item(), 2)
 
     assert set(report["decisions"]) == set(run.model.modalities) and report["gate_fused_tempered"] == {}
     mixture = torch.logsumexp(torch.stack([gate[m].clamp_min(1e-30).log()[:, None] + decisions[m] for m in gate]), dim=0)
