@@ -1,10 +1,13 @@
 """What a late or progressive run's decision gate makes of its decisions, against fixed combinations of the same decisions.
 
-    python benchmarks/robustness/decisions.py RUN [RUN ...] [--temperatures 2 4] [--out results/decisions.json]
+    python benchmarks/robustness/decisions.py RUN [RUN ...] [--temperatures 2 4] [--corrupt audio impulse 0.5]
+        [--out results/decisions.json]
 
 On the run's test split: the accuracy of the model's answer (every row) and of each decision the decision gate
 weighs (one per modality, read before any feedback, over the rows where that modality is present; and
-progressive fusion's fused one), with its mean top probability (against its accuracy: over- or under-confident). On the rows with every
+progressive fusion's fused one), with its mean top probability (against its accuracy: over- or under-confident) and the share of those rows given
+its most frequent class (1.0: one answer for every row). `--corrupt MODALITY KIND LEVEL` first corrupts that
+modality of every test batch (fusion/data/corruption.py, generator seeded 0). On the rows with every
 modality present (`complete_rows`): the model's answer again, fixed sums of the decisions' log-probabilities (a
 product of experts, the Bayes rule for independent, calibrated decisions), the most confident decision, the share
 of rows that at least one decision gets right (a bound for any per-row choice among them), the gate's own weights
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from fusion.data.corruption import corrupt
 from fusion.eval.run_folder import load_run, load_test_batches
 from fusion.fusions.progressive import FUSED
 
@@ -30,12 +34,17 @@ FIXED = {"audio + image": {"audio": 1.0, "image": 1.0}, "image + fused": {"image
          "audio / 2 + image": {"audio": 0.5, "image": 1.0}}
 
 
-def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
-                                      dict[str, torch.Tensor]]:
+def decisions_of(path: Path, corruption: tuple[str, str, float] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """By decision name: log-probabilities (N, K) and the rows where its modality was present (N,) bool; the model's
-    logits (N, K), labels (N,), and the decision gate's weights (N,) by decision name."""
+    logits (N, K), labels (N,), and the decision gate's weights (N,) by decision name. ``corruption``: (modality,
+    kind, level) applied to every test batch first."""
     run = load_run(path)
     batches, _ = load_test_batches(run, {})
+    if corruption is not None:
+        modality, kind, level = corruption
+        generator = torch.Generator().manual_seed(0)
+        batches = [corrupt(batch, modality, kind, level, generator) for batch in batches]
     parts: dict[str, list[torch.Tensor]] = {}
     present: dict[str, list[torch.Tensor]] = {}
     logits, labels, weights = [], [], {}
@@ -61,8 +70,13 @@ def decisions_of(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
             torch.cat(logits), torch.cat(labels), gate)
 
 
-def report(path: Path, temperatures: tuple[float, ...] = (2.0, 4.0)) -> dict:
-    decisions, present, logits, labels, gate = decisions_of(path)
+def top_class_share(answers: torch.Tensor) -> float:
+    """Share of the answers (N,) that are the most frequent class."""
+    return round(torch.bincount(answers).max().item() / max(len(answers), 1), 3) if len(answers) else 0.0
+
+
+def report(path: Path, temperatures: tuple[float, ...] = (2.0, 4.0), corruption: tuple[str, str, float] | None = None) -> dict:
+    decisions, present, logits, labels, gate = decisions_of(path, corruption)
 
     def accuracy(scores: torch.Tensor, rows: torch.Tensor) -> float:
         return round(100 * (scores.argmax(1) == labels)[rows].float().mean().item(), 2)
@@ -73,7 +87,8 @@ def report(path: Path, temperatures: tuple[float, ...] = (2.0, 4.0)) -> dict:
     out = {"run": str(path), "rows": len(labels), "complete_rows": int(complete.sum()), "model": accuracy(logits, every),
            "model_complete": accuracy(logits, complete), "gate": means,
            "decisions": {name: {"acc": accuracy(logp, present[name]),
-                                "mean_top_prob": round(logp.exp().max(1).values[present[name]].mean().item(), 3)}
+                                "mean_top_prob": round(logp.exp().max(1).values[present[name]].mean().item(), 3),
+                                "top_class_share": top_class_share(logp[present[name]].argmax(1))}
                          for name, logp in decisions.items()}}
     out["fixed"] = {name: accuracy(sum(w * decisions[d] for d, w in weights.items()), complete)
                     for name, weights in FIXED.items() if all(d in decisions for d in weights)}
@@ -101,11 +116,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0])
+    parser.add_argument("--corrupt", nargs=3, metavar=("MODALITY", "KIND", "LEVEL"), default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    results = [report(path, tuple(args.temperatures)) for path in args.runs]
+    corruption = None if args.corrupt is None else (args.corrupt[0], args.corrupt[1], float(args.corrupt[2]))
+    results = [report(path, tuple(args.temperatures), corruption) for path in args.runs]
     for r in results:
-        decisions = ", ".join(f"{k} {v['acc']} (top p {v['mean_top_prob']})" for k, v in r["decisions"].items())
+        decisions = ", ".join(f"{k} {v['acc']} (top p {v['mean_top_prob']}, top class {v['top_class_share']})"
+                              for k, v in r["decisions"].items())
         fixed = ", ".join(f"{k} {v}" for k, v in r["fixed"].items())
         print(f"{r['run']}: model {r['model']} | {decisions} | on the {r['complete_rows']} rows with every modality: "
               f"model {r['model_complete']}, {fixed}, most confident {r['most_confident']}, any right "

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from fusion.data.corruption import corrupt
 from fusion.eval.run_folder import load_run, load_test_batches
 from tests.helpers.recipes import REPO
 
@@ -78,3 +79,23 @@ def test_report_of_a_late_run(tiny_runs):
     wrong = (logits.argmax(1) != labels) & complete
     for m in run.model.modalities:
         assert report["overruled"][m]["rows"] == int((wrong & (decisions[m].argmax(1) == labels)).sum())
+
+
+def test_report_on_corrupted_inputs(tiny_runs):
+    """With a corruption, the decisions are read from the corrupted batches (same generator as the script's), and
+    each decision's top-class share is the share of its rows given its most frequent answer."""
+    module = load_script()
+    report = module.report(tiny_runs["late"], corruption=("audio", "impulse", 1.0))
+    run, _, _, _ = run_outputs(tiny_runs["late"])
+    batches, _ = load_test_batches(run, {})
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        results = [run.model.forward_with_details(corrupt(b, "audio", "impulse", 1.0, generator)) for b in batches]
+    labels = torch.cat([b["label"] for b in batches])
+    audio = torch.cat([r.unimodal_logits["audio"] for r in results])
+    seen = torch.cat([r.mask["audio"] for r in results]).bool()
+    answers = audio[seen].argmax(1)
+    assert report["decisions"]["audio"]["acc"] == percent((audio.argmax(1) == labels)[seen])
+    assert report["decisions"]["audio"]["top_class_share"] == round(torch.bincount(answers).max().item() / len(answers), 3)
+    assert module.top_class_share(torch.tensor([3, 3, 3, 1])) == 0.75
+    assert report != module.report(tiny_runs["late"])  # the corruption reached the decisions
