@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from fusion.eval.robustness import gate_of
+from fusion.eval.seed_spread import gap, pooled_sd
 
 FUSIONS = ("early", "late", "progressive")  # rows named after a fusion kind, with or without a suffix (late_gs)
 TOLERANCE = 0.005  # a gate weight may rise by this much between levels and still count as falling (noise of 1000 rows)
@@ -69,25 +70,6 @@ def summarize(root: Path) -> dict:
             rows[row.name] = entry
         summary[split.name] = rows
     return summary
-
-
-def gap(fused: list[float], unimodal: list[float]) -> tuple[float, float | None]:
-    """Difference of the seed means, fused - unimodal, and its standard error from the two rows' seed spreads
-    (Welch: sqrt(s_f^2 / n_f + s_u^2 / n_u)); the error is None where a row has fewer than two seeds."""
-    difference = statistics.fmean(fused) - statistics.fmean(unimodal)
-    if min(len(fused), len(unimodal)) < 2:
-        return difference, None
-    return difference, (statistics.variance(fused) / len(fused) + statistics.variance(unimodal) / len(unimodal)) ** 0.5
-
-
-def pooled_seed_sd(rows: list[list[float]]) -> tuple[float | None, int]:
-    """Standard deviation of one run's accuracy across seeds, pooled over rows (e.g. the audio-only model of
-    every split), and its degrees of freedom: the noise that every gap to that model carries."""
-    rows = [r for r in rows if len(r) > 1]
-    df = sum(len(r) - 1 for r in rows)
-    if not df:
-        return None, 0
-    return (sum((v - statistics.fmean(r)) ** 2 for r in rows for v in r) / df) ** 0.5, df
 
 
 def _alone_per_seed(row: dict) -> dict[str, list[float]]:
@@ -151,7 +133,7 @@ def checks(summary: dict) -> list[str]:
               "|---|---|---|"]
     for fusion in sorted({r for rows in summary.values() for r in rows if r.startswith(FUSIONS) and "degraded" not in r}):
         lines.append(f"| {fusion} | {_mean_gap(summary, fusion, 'audio')} | {_mean_gap(summary, fusion, 'image')} |")
-    sd, df = pooled_seed_sd([rows.get("audio_only", {}).get("per_seed", []) for rows in summary.values()])
+    sd, df = pooled_sd([rows.get("audio_only", {}).get("per_seed", []) for rows in summary.values()])
     if sd is not None:
         lines += ["", f"(gap ± its standard error from the seed spreads; the audio-only model's accuracy moves by "
                       f"{100 * sd:.1f} points from seed to seed, pooled over the splits, {df} degrees of freedom)"]

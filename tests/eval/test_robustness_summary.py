@@ -6,8 +6,6 @@ import importlib.util
 import json
 import statistics
 
-import pytest
-
 from tests.helpers.recipes import REPO
 
 
@@ -23,20 +21,6 @@ def write_runs(root, split: str, row: str, runs: list[dict]) -> None:
         folder = root / split / row / f"seed{seed}"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(metrics))
-
-
-def test_gap_and_its_standard_error():
-    summarize = load_script()
-    difference, error = summarize.gap([0.60, 0.64], [0.70, 0.62, 0.66])
-    assert difference == pytest.approx(0.62 - 0.66)
-    assert error == pytest.approx((0.0008 / 2 + 0.0016 / 3) ** 0.5)
-    assert summarize.gap([0.6], [0.7, 0.5]) == (pytest.approx(-0.0), None)
-
-
-def test_pooled_seed_sd_weighs_rows_by_their_degrees_of_freedom():
-    sd, df = load_script().pooled_seed_sd([[0.70, 0.60], [0.40, 0.42, 0.44], [0.5]])
-    assert df == 3
-    assert sd == pytest.approx(((0.05**2 * 2 + 0.02**2 * 2) / 3) ** 0.5)
 
 
 def test_table_reports_each_gap_with_its_error(tmp_path):
