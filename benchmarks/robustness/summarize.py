@@ -43,20 +43,19 @@ def summarize(root: Path) -> dict:
         for row in sorted(p for p in split.iterdir() if p.is_dir()):
             seeds = [load(seed) for seed in sorted(row.glob("seed*"))]
             trained = [s["metrics"] for s in seeds if "metrics" in s]
+            # with model.single_modality_fallback a sample with one modality gets that modality's decision, so
+            # these are the accuracies with the other modality removed
+            decisions = {k.rsplit("/", 1)[1]: [m.get(k) for m in trained]
+                         for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")}
             entry = {"acc": mean([m.get("test/acc") for m in trained]), "seeds": len(trained),
                      "per_seed": [m.get("test/acc") for m in trained],
-                     # with model.single_modality_fallback a sample with one modality gets that modality's
-                     # decision, so these are the accuracies with the other modality removed
-                     "decision_acc": {k.rsplit("/", 1)[1]: mean([m.get(k) for m in trained])
-                                      for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")},
-                     "decision_per_seed": {k.rsplit("/", 1)[1]: [m.get(k) for m in trained]
-                                           for k in (trained[0] if trained else {}) if k.startswith("test/decision_acc/")}}
+                     "decision_acc": {name: mean(values) for name, values in decisions.items()},
+                     "decision_per_seed": decisions}
             evaluated = [s["robustness"] for s in seeds if "robustness" in s]
             if evaluated:
-                entry["subsets"] = {name: mean([r["subsets"][name]["acc"] for r in evaluated])
-                                    for name in evaluated[0]["subsets"]}
                 entry["subsets_per_seed"] = {name: [r["subsets"][name]["acc"] for r in evaluated]
                                              for name in evaluated[0]["subsets"]}
+                entry["subsets"] = {name: mean(values) for name, values in entry["subsets_per_seed"].items()}
                 entry["corruption"] = {}
                 for modality, curves in evaluated[0]["corruption"].items():
                     for kind in curves:
